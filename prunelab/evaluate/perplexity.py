@@ -1,0 +1,94 @@
+"""Token-level perplexity over non-overlapping windows (WikiText-2 / C4 / any text).
+
+``ppl = exp( Σ NLL / Σ predicted tokens )`` where the text is tokenised once, cut into windows of
+``seq_len`` tokens (``stride`` < seq_len gives overlapping windows that score only their new tokens, the
+HF "sliding window" recipe), and every token but the first of the text is predicted exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from prunelab.errors import PrunelabError
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    nll_mean: float
+    tokens: int
+    windows: int
+    seq_len: int
+    stride: int
+
+
+def tokenize_text(tokenizer, text: str) -> torch.Tensor:
+    """The whole text as one 1-D tensor of ids (no special tokens)."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    if ids.numel() < 2:
+        raise PrunelabError("text too short for perplexity (needs at least 2 tokens)")
+    return ids
+
+
+def windows(ids: torch.Tensor, seq_len: int, stride: int | None = None, max_windows: int | None = None):
+    """``[(input_ids, n_scored)]``: each window scores only its last ``n_scored`` targets (new tokens)."""
+    if seq_len < 2:
+        raise PrunelabError(f"seq_len must be ≥ 2, got {seq_len}")
+    stride = stride or seq_len
+    if not 0 < stride <= seq_len:
+        raise PrunelabError(f"stride must be in (0, seq_len], got {stride}")
+    out = []
+    prev_end = 0
+    begin = 0
+    n = ids.numel()
+    while prev_end < n - 1 or (prev_end == 0 and n > 1):
+        end = min(begin + seq_len, n)
+        chunk = ids[begin:end]
+        # targets are chunk[1:], covering positions begin+1..end-1; score those beyond prev_end
+        first_new = max(prev_end, begin + 1)
+        n_scored = end - first_new
+        if chunk.numel() >= 2 and n_scored > 0:
+            out.append((chunk, n_scored))
+        prev_end = end
+        if end >= n or (max_windows is not None and len(out) >= max_windows):
+            break
+        begin += stride
+    return out
+
+
+@torch.inference_mode()
+def perplexity_of_ids(model, ids: torch.Tensor, seq_len: int = 512, stride: int | None = None,
+                      max_windows: int | None = None, batch_size: int = 4) -> PerplexityResult:
+    """Perplexity of a token sequence; windows of equal length are batched."""
+    device = next(model.parameters()).device
+    wins = windows(ids, seq_len, stride, max_windows)
+    total_nll = 0.0
+    total_tokens = 0
+    for start in range(0, len(wins), batch_size):
+        group = wins[start : start + batch_size]
+        by_len: dict[int, list] = {}
+        for chunk, n_scored in group:
+            by_len.setdefault(chunk.numel(), []).append((chunk, n_scored))
+        for length, items in by_len.items():
+            batch = torch.stack([c for c, _ in items]).to(device)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+            nll = nll.view(len(items), length - 1)
+            for row, (_, n_scored) in enumerate(items):
+                total_nll += nll[row, -n_scored:].sum().item()
+                total_tokens += n_scored
+    if not math.isfinite(total_nll):
+        raise PrunelabError("perplexity is not finite (the model produced NaN/inf logits)")
+    mean = total_nll / total_tokens
+    return PerplexityResult(perplexity=math.exp(mean), nll_mean=mean, tokens=total_tokens, windows=len(wins),
+                            seq_len=seq_len, stride=stride or seq_len)
+
+
+def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | None = None,
+               max_windows: int | None = None, batch_size: int = 4) -> PerplexityResult:
+    """Perplexity of ``text`` under ``model`` (see module docstring)."""
+    return perplexity_of_ids(model, tokenize_text(tokenizer, text), seq_len, stride, max_windows, batch_size)
