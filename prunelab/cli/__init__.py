@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from prunelab.cli._groups import prune_app, stress_app
 from prunelab.cli._common import apply_data_dir, err_console, quiet_libraries
 from prunelab.errors import PrunelabError
 
@@ -50,6 +51,8 @@ def _register_all() -> None:
 
 
 _register_all()
+app.add_typer(prune_app, name="prune")
+app.add_typer(stress_app, name="stress")
 
 
 def main(argv: list[str] | None = None) -> None:
