@@ -1,0 +1,1 @@
+"""Built-in evaluation tasks (importing this package registers them)."""
