@@ -69,7 +69,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
     """Run ``tasks`` on ``model``; every name is validated before any work starts.
 
     ``limit`` = items per task (a seeded sample; for ``wikitext2``/``c4`` the number of 512-token windows),
-    ``None`` = all. ``progress(task, i, n)`` is called between tasks (the CLI draws a bar from it).
+    ``None`` = all. ``progress(task, done, total)`` is called as items of a task finish (the CLI's bar).
     """
     import time
 
@@ -83,13 +83,14 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
+    from prunelab.evaluate.progress import reporting
+    from prunelab.evaluate.tasks._common import dependency, run_cache
+
+    cache: dict[str, TaskResult] = {}
     try:
-        for i, name in enumerate(names):
-            if progress:
-                progress(name, i, len(names))
-            report.results[name] = TASKS.get(name)(model, tokenizer, limit, seed, batch_size)
-        if progress:
-            progress("", len(names), len(names))
+        with reporting(progress), run_cache(cache):
+            for name in names:
+                report.results[name] = dependency(name, model, tokenizer, limit, seed, batch_size)
     finally:
         if was_training:
             model.train()

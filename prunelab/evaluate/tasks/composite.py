@@ -1,0 +1,20 @@
+"""``composite`` = mean(ARC-Easy generation acc %, LAMBADA generation acc %) — the recovery study's score."""
+
+from __future__ import annotations
+
+import time
+
+from prunelab.evaluate.registry import TASKS, TaskResult
+from prunelab.evaluate.tasks._common import dependency
+
+
+@TASKS.register("composite")
+def composite(model, tokenizer, limit, seed, batch_size) -> TaskResult:
+    """(arc_easy_gen.acc + lambada_gen.acc) / 2 with the same limit and seed (reused when run in the same call)."""
+    start = time.perf_counter()
+    arc = dependency("arc_easy_gen", model, tokenizer, limit, seed, batch_size)
+    lam = dependency("lambada_gen", model, tokenizer, limit, seed, batch_size)
+    value = (arc.metrics["acc"] + lam.metrics["acc"]) / 2.0
+    return TaskResult("composite", {"composite": value, "arc_easy_gen": arc.metrics["acc"],
+                                    "lambada_gen": lam.metrics["acc"]}, "composite", arc.n + lam.n,
+                      arc.item_ids + lam.item_ids, time.perf_counter() - start)

@@ -1,0 +1,42 @@
+"""Perplexity tasks: WikiText-2 test and a C4 validation sample (token-level, non-overlapping 512 windows).
+
+``limit`` is the number of windows scored (the first ``limit`` windows of the text; ``seed`` is unused as
+the windows are deterministic).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prunelab.evaluate.perplexity import perplexity_of_ids, tokenize_text
+from prunelab.evaluate.progress import Counter
+from prunelab.evaluate.registry import TASKS, TaskResult
+
+SEQ_LEN = 512
+
+
+def _ppl_task(name: str, text: str, model, tokenizer, limit, batch_size) -> TaskResult:
+    start = time.perf_counter()
+    ids = tokenize_text(tokenizer, text)
+    counter = Counter(name, 1)
+    res = perplexity_of_ids(model, ids, seq_len=SEQ_LEN, max_windows=limit, batch_size=max(1, batch_size // 2))
+    counter(1)
+    return TaskResult(name, {"ppl": res.perplexity, "nll": res.nll_mean, "tokens": float(res.tokens)}, "ppl",
+                      res.windows, [f"{name}-w{i}" for i in range(res.windows)], time.perf_counter() - start,
+                      {"seq_len": SEQ_LEN, "windows": res.windows})
+
+
+@TASKS.register("wikitext2")
+def wikitext2(model, tokenizer, limit, seed, batch_size) -> TaskResult:
+    """WikiText-2 test (the whole text tokenised once), ppl = exp(Σ NLL / Σ tokens) over 512-token windows."""
+    from prunelab.data import load_wikitext2_text
+
+    return _ppl_task("wikitext2", load_wikitext2_text(), model, tokenizer, limit, batch_size)
+
+
+@TASKS.register("c4")
+def c4(model, tokenizer, limit, seed, batch_size) -> TaskResult:
+    """C4 validation sample (256 documents joined by blank lines), same windows; needs internet (no offline copy)."""
+    from prunelab.data.loaders import load_c4_texts
+
+    return _ppl_task("c4", "\n\n".join(load_c4_texts(256)), model, tokenizer, limit, batch_size)
