@@ -1,0 +1,450 @@
+"""LoRA recovery with PEFT + the HF Trainer (study: recovery-isodose, "Parameter-Efficient Fine-Tuning").
+
+Recipe (spec §5): per-device batch 4, gradient accumulation 4 (effective 16), AdamW, linear warm-up over the
+first 10 % of optimizer steps then linear decay to 0 (Trainer's ``linear`` schedule), gradient clipping at 1.0
+(Trainer default), everything seeded. Data: instruction–response pairs in the study's one prompt format
+(:func:`prunelab.data.format_example`) followed by EOS, truncated to ``seq_len`` tokens.
+
+* ``pad_to_max=True`` (the study): every sample padded to exactly ``seq_len`` tokens; the model processes
+  ``N·L`` tokens per epoch, which is what the isodose formula assumes.
+* ``pad_to_max=False``: padding-free — each micro-batch of 4 samples is concatenated into one row with
+  position ids restarting per sample (HF ``DataCollatorWithFlattening``; the attention mask is block-diagonal,
+  so samples never see each other). Tokens processed = the real token count, and the honest FLOPs use it.
+
+Loss convention: the study fine-tuned with the plain HF Trainer on padded causal-LM sequences, i.e. the loss
+covers every real token (prompt and response) and ignores padding. That is the default (``loss_on="all"``);
+``loss_on="response"`` masks the prompt tokens too.
+
+NaN: a loss or a trainable weight that becomes NaN/inf stops training at once; the trainable weights are
+restored to the last step whose loss was finite (saved to ``output_dir/last_good`` when given) and a
+:class:`~prunelab.errors.PrunelabError` says where it happened.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.recover.isodose import base_forward_flops_per_token, honest_flops, train_flops
+from prunelab.recover.mechanisms import Mechanism, count_trainable_lora_params, get_mechanism, lora_target_linears
+
+#: Study defaults.
+BATCH_SIZE = 4
+GRAD_ACCUM = 4
+WARMUP_RATIO = 0.1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------
+def _prompt_response(record: Any) -> tuple[str, str]:
+    """``(prompt, response)`` from a DollyRecord-like object, a ``(prompt, response)`` pair or a dict."""
+    from prunelab.data import format_example
+
+    if isinstance(record, (tuple, list)) and len(record) == 2:
+        return str(record[0]), str(record[1])
+    if isinstance(record, dict):
+        if "prompt" in record:
+            return str(record["prompt"]), str(record.get("response", ""))
+        from prunelab.data import format_prompt
+
+        return format_prompt(record.get("instruction", ""), record.get("context", "")), str(record.get("response", "")).strip()
+    if hasattr(record, "instruction") and hasattr(record, "response"):
+        return format_example(record)
+    raise PrunelabError(f"cannot use a {type(record).__name__} as a training record (need instruction/response)")
+
+
+def tokenize_records(tokenizer, records: Sequence[Any], seq_len: int = 512, pad_to_max: bool = True,
+                     loss_on: str = "all") -> list[dict[str, list[int]]]:
+    """Tokenise ``prompt + response + EOS`` per record, truncated to ``seq_len`` (padded to it if asked).
+
+    ``labels`` are the input ids with padding (and, for ``loss_on="response"``, the prompt) set to -100.
+    Padding is decided by the attention mask, not by token id, because many tokenizers pad with EOS.
+    """
+    if loss_on not in ("all", "response"):
+        raise PrunelabError(f"loss_on must be 'all' or 'response', got '{loss_on}'")
+    if seq_len < 2:
+        raise PrunelabError(f"seq_len must be ≥ 2, got {seq_len}")
+    if not records:
+        raise PrunelabError("no training records given")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    eos = tokenizer.eos_token or ""
+    out = []
+    for rec in records:
+        prompt, response = _prompt_response(rec)
+        ids = tokenizer(prompt + response + eos, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
+        labels = list(ids)
+        if loss_on == "response":
+            n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            labels[: min(n_prompt, len(labels))] = [-100] * min(n_prompt, len(labels))
+        mask = [1] * len(ids)
+        if pad_to_max and len(ids) < seq_len:
+            pad = seq_len - len(ids)
+            ids = list(ids) + [tokenizer.pad_token_id] * pad
+            labels = labels + [-100] * pad
+            mask = mask + [0] * pad
+        out.append({"input_ids": list(ids), "attention_mask": mask, "labels": labels})
+    return out
+
+
+def _collator(pad_to_max: bool):
+    from transformers import DataCollatorWithFlattening, default_data_collator
+
+    if pad_to_max:
+        return default_data_collator
+
+    flatten = DataCollatorWithFlattening(return_position_ids=True)
+
+    def collate(features):
+        # DataCollatorWithFlattening wants no attention_mask (the packed mask comes from position_ids)
+        return flatten([{k: v for k, v in f.items() if k != "attention_mask"} for f in features])
+
+    return collate
+
+
+# ----------------------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainStats:
+    """What one Trainer run did."""
+
+    loss_history: list[dict] = field(default_factory=list)  # {"step", "epoch", "loss", "lr", "grad_norm"}
+    steps: int = 0
+    epochs: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RecoveryResult:
+    """One recovery run. ``flops`` is the study's ``6·P·L·N·E``; ``honest_flops`` includes the frozen base.
+
+    The trained model is available as ``result.model`` (not a dataclass field, so it stays out of JSON):
+    with ``merge=True`` the plain model with LoRA merged into its weights — the same object that was passed
+    in, edited in place; with ``merge=False`` the PEFT-wrapped model.
+    """
+
+    mechanism: str
+    mechanism_config: dict
+    epochs: float
+    steps: int
+    n_samples: int
+    seq_len: int
+    padded: bool
+    loss_on: str
+    tokens: int
+    trainable_params: int
+    flops: float
+    honest_flops: float
+    base_flops_per_token: int
+    loss_history: list[dict]
+    initial_loss: float
+    final_loss: float
+    seconds: float
+    tokens_per_second: float
+    seed: int
+    merged: bool
+    output_dir: str | None = None
+
+    model = None  # plain attribute (no annotation): excluded from dataclass fields / JSON
+
+
+# ----------------------------------------------------------------------------------------------------------
+# callbacks
+# ----------------------------------------------------------------------------------------------------------
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _make_nan_guard(model: nn.Module):
+    """A TrainerCallback that snapshots trainable weights and stops at the first non-finite loss/weight."""
+    from transformers import TrainerCallback
+
+    class NanGuard(TrainerCallback):
+        def __init__(self) -> None:
+            self.params = _trainable(model)
+            self.pending: dict[str, torch.Tensor] | None = None
+            self.last_good: dict[str, torch.Tensor] | None = None
+            self.last_good_step = -1
+            self.bad_step: int | None = None
+            self.bad_what = ""
+
+        def _snapshot(self) -> dict[str, torch.Tensor]:
+            return {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.pending = self._snapshot()
+
+        def on_step_begin(self, args, state, control, **kw):
+            # the loss logged after this step is computed with these weights
+            self.pending = self._snapshot()
+
+        def on_step_end(self, args, state, control, **kw):
+            if not all(torch.isfinite(p).all() for p in self.params.values()):
+                self._stop(state, control, "a trainable weight")
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            if math.isfinite(float(logs["loss"])):
+                if self.bad_step is None:
+                    self.last_good, self.last_good_step = self.pending, state.global_step - 1
+            else:
+                self._stop(state, control, "the training loss")
+
+        def _stop(self, state, control, what: str) -> None:
+            if self.bad_step is None:
+                self.bad_step, self.bad_what = state.global_step, what
+            control.should_training_stop = True
+
+        def restore(self) -> None:
+            good = self.last_good if self.last_good is not None else None
+            if good is None:
+                return
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(good[n].to(p.device))
+
+    return NanGuard()
+
+
+def _make_progress(total_steps: int, description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from transformers import TrainerCallback
+
+    from prunelab.cli._common import err_console
+
+    class RichProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                                     console=err_console, transient=True)
+            self.task = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.progress.start()
+            self.task = self.progress.add_task(description, total=state.max_steps or total_steps, loss="-")
+
+        def on_step_end(self, args, state, control, **kw):
+            self.progress.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.progress.update(self.task, loss=f"{float(logs['loss']):.4f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            self.progress.stop()
+
+    return RichProgress()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# trainer
+# ----------------------------------------------------------------------------------------------------------
+def run_trainer(model: nn.Module, tokenizer, dataset: list[dict], *, lr: float, epochs: float, pad_to_max: bool,
+                batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM, warmup_ratio: float = WARMUP_RATIO,
+                seed: int = 0, max_steps: int | None = None, optimizers=None, callbacks: Sequence = (),
+                last_good_dir: Path | None = None, save_last_good: Callable[[nn.Module, Path], None] | None = None,
+                description: str = "training", progress: bool = True, weight_decay: float = 0.0) -> TrainStats:
+    """Train ``model``'s trainable parameters with the HF Trainer (AdamW, linear warm-up/decay unless
+    ``optimizers=(opt, scheduler)`` is given). Stops with :class:`PrunelabError` on a non-finite loss/weight."""
+    from transformers import Trainer, TrainingArguments
+
+    if batch_size < 1 or grad_accum < 1:
+        raise PrunelabError(f"batch_size and grad_accum must be ≥ 1, got {batch_size}, {grad_accum}")
+    if max_steps is not None and max_steps < 1:
+        raise PrunelabError(f"max_steps must be ≥ 1, got {max_steps}")
+    if not epochs > 0:
+        raise PrunelabError(f"epochs must be positive, got {epochs}")
+    if not _trainable(model):
+        raise PrunelabError("the model has no trainable parameters")
+    tmp = Path(tempfile.mkdtemp(prefix="prunelab-train-"))
+    args = TrainingArguments(
+        output_dir=str(tmp),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=lr,
+        num_train_epochs=epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        lr_scheduler_type="linear",
+        warmup_steps=warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers ≥ 5
+        optim="adamw_torch",
+        weight_decay=weight_decay,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # the default replaces NaN losses by a running mean: we want to see them
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        include_num_input_tokens_seen="all",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    guard = _make_nan_guard(model)
+    cbs = [guard, *callbacks]
+    steps_estimate = max_steps or math.ceil(math.ceil(len(dataset) / batch_size) / grad_accum * epochs)
+    if progress:
+        cbs.append(_make_progress(steps_estimate, description))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collator(pad_to_max),
+                      callbacks=cbs, optimizers=optimizers if optimizers is not None else (None, None))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # prints raw log dicts; we show a rich bar instead
+    start = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    history = [
+        {"step": h["step"], "epoch": h.get("epoch"), "loss": float(h["loss"]), "lr": h.get("learning_rate"),
+         "grad_norm": None if h.get("grad_norm") is None else float(h["grad_norm"])}
+        for h in trainer.state.log_history if "loss" in h
+    ]
+    stats = TrainStats(loss_history=history, steps=trainer.state.global_step, epochs=float(trainer.state.epoch or 0),
+                       tokens=int(trainer.state.num_input_tokens_seen), seconds=seconds)
+    if guard.bad_step is not None:
+        guard.restore()
+        where = ""
+        if guard.last_good is not None and last_good_dir is not None and save_last_good is not None:
+            save_last_good(model, last_good_dir)
+            where = f"; last good weights (after step {guard.last_good_step}) saved to {last_good_dir}"
+        elif guard.last_good is not None:
+            where = f"; model restored to its last good weights (after step {guard.last_good_step})"
+        else:
+            where = "; no step had a finite loss, so there is no good checkpoint"
+        err = PrunelabError(f"{guard.bad_what} became NaN/inf at step {guard.bad_step}: training stopped "
+                            f"(try a lower learning rate){where}")
+        err.stats = stats  # type: ignore[attr-defined]
+        err.last_good_step = guard.last_good_step  # type: ignore[attr-defined]
+        raise err
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# recover
+# ----------------------------------------------------------------------------------------------------------
+def lora_config(model: nn.Module, mechanism: Mechanism):
+    """The PEFT ``LoraConfig`` for ``mechanism`` on this model's family."""
+    from peft import LoraConfig
+
+    lora_target_linears(model, mechanism)  # clear error if a target module is absent
+    return LoraConfig(r=mechanism.r, lora_alpha=mechanism.alpha, lora_dropout=mechanism.dropout,
+                      target_modules=mechanism.target_modules(model), bias="none", task_type="CAUSAL_LM")
+
+
+def recover(model: nn.Module, tokenizer, mechanism: str | Mechanism, records: Sequence[Any], epochs: float,
+            seq_len: int = 512, pad_to_max: bool = True, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM,
+            seed: int = 0, merge: bool = True, output_dir: str | Path | None = None, max_steps: int | None = None,
+            loss_on: str = "all", lr: float | None = None, callbacks: Sequence = (), progress: bool = True,
+            metadata: dict | None = None) -> RecoveryResult:
+    """Recover ``model`` with a LoRA ``mechanism`` on ``records`` for ``epochs`` epochs (see module docstring).
+
+    ``output_dir`` (optional, written atomically): the merged model in HF format at ``output_dir`` itself
+    (reload with :func:`prunelab.load`), the adapter in ``output_dir/adapter`` (PEFT format) and the result in
+    ``output_dir/recovery.json``. With ``merge=False`` only the adapter and the JSON are written.
+    FLOPs: ``flops = 6·P·L·N·E`` (study) with E the epochs actually trained; ``honest_flops = T·(2F + 6P)``
+    with T the tokens actually processed (:mod:`prunelab.recover.isodose`).
+    """
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    mech = get_mechanism(mechanism)
+    if lr is not None:
+        mech = mech.with_(lr=lr)
+    if not epochs > 0:
+        raise PrunelabError(f"epochs must be positive, got {epochs}")
+    trainable = count_trainable_lora_params(model, mech)  # validates targets before any work
+    dataset = tokenize_records(tokenizer, records, seq_len=seq_len, pad_to_max=pad_to_max, loss_on=loss_on)
+    out = Path(output_dir) if output_dir is not None else None
+    base_f = base_forward_flops_per_token(model, seq_len)
+
+    set_seed(seed)  # LoRA A matrices are randomly initialised
+    was_training = model.training
+    peft_model = get_peft_model(model, lora_config(model, mech))
+    n_peft = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    if n_peft != trainable:  # guards the FLOPs formula against PEFT matching modules we did not count
+        raise PrunelabError(f"internal: PEFT adapts {n_peft:,} params but the shape count says {trainable:,}")
+
+    def save_adapter(m: nn.Module, path: Path) -> None:
+        from prunelab.atomic import atomic_dir
+
+        with atomic_dir(path) as tmp:
+            m.save_pretrained(str(tmp))
+
+    try:
+        stats = run_trainer(
+            peft_model, tokenizer, dataset, lr=mech.lr, epochs=epochs, pad_to_max=pad_to_max, batch_size=batch_size,
+            grad_accum=grad_accum, seed=seed, max_steps=max_steps, callbacks=callbacks,
+            last_good_dir=(out.parent / f"{out.name}.last_good") if out is not None else None,
+            save_last_good=save_adapter, description=f"{mech.name} r{mech.r}", progress=progress,
+        )
+    except PrunelabError as exc:
+        peft_model.eval()
+        exc.model = peft_model  # type: ignore[attr-defined]  # restored to the last good weights
+        raise
+    peft_model.eval()
+    epochs_done = stats.epochs
+    losses = [h["loss"] for h in stats.loss_history]
+    result = RecoveryResult(
+        mechanism=mech.name, mechanism_config=mech.to_dict(), epochs=epochs_done, steps=stats.steps,
+        n_samples=len(dataset), seq_len=seq_len, padded=pad_to_max, loss_on=loss_on, tokens=stats.tokens,
+        trainable_params=trainable,
+        flops=train_flops(trainable, seq_len, len(dataset), epochs_done),
+        honest_flops=honest_flops(base_f, trainable, stats.tokens), base_flops_per_token=base_f,
+        loss_history=stats.loss_history, initial_loss=losses[0] if losses else float("nan"),
+        final_loss=losses[-1] if losses else float("nan"), seconds=stats.seconds,
+        tokens_per_second=stats.tokens / stats.seconds if stats.seconds > 0 else 0.0, seed=seed, merged=merge,
+        output_dir=str(out) if out is not None else None,
+    )
+    if out is not None:
+        merged = _save_outputs(peft_model, tokenizer, out, result, merge, metadata)
+    else:
+        merged = peft_model.merge_and_unload() if merge else None
+    if merge:
+        merged.train(was_training)
+        result.model = merged
+    else:
+        result.model = peft_model
+    return result
+
+
+def _save_outputs(peft_model, tokenizer, out: Path, result: RecoveryResult, merge: bool, metadata: dict | None):
+    """Adapter → ``out/adapter``; merged model → ``out``; result → ``out/recovery.json`` (one atomic rename).
+
+    Returns the merged model (merged in place, no copy) when ``merge``, else None.
+    """
+    import json
+
+    from prunelab.atomic import atomic_dir, to_jsonable
+    from prunelab.models import save
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    adapter_tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.adapter-", dir=out.parent))
+    merged = None
+    try:
+        # the adapter must be written before merging (merge_and_unload removes the LoRA layers)
+        peft_model.save_pretrained(str(adapter_tmp))
+        with atomic_dir(out) as tmp:
+            if merge:
+                merged = peft_model.merge_and_unload()
+                save(merged, tokenizer, tmp, metadata={"recovery": to_jsonable(result), **(metadata or {})})
+            shutil.move(str(adapter_tmp), str(tmp / "adapter"))
+            (tmp / "recovery.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
+    finally:
+        shutil.rmtree(adapter_tmp, ignore_errors=True)
+    return merged
