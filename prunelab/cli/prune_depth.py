@@ -1,0 +1,94 @@
+"""``prunelab prune depth MODEL --remove K --objective perplexity --search greedy -o OUT``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, load_model
+
+SEARCH_OPTION_HELP = "Search option override KEY=VALUE (repeatable), e.g. trials=50 for bo, beam_width=3."
+
+
+def parse_search_options(items: list[str] | None) -> dict[str, str]:
+    """``["trials=50"]`` -> ``{"trials": "50"}`` (types are checked against the search's defaults later)."""
+    from prunelab.errors import PrunelabError
+
+    out = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise PrunelabError(f"search option must be KEY=VALUE, got '{item}'")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def calibration_options(objective: str, n_samples: int | None, seq_len: int, source: str, mc_source: str,
+                        batch_size: int | None) -> dict:
+    """Calibration sizing for :func:`prunelab.prune.depth.search_blocks` per objective."""
+    from prunelab.errors import PrunelabError
+
+    if n_samples is not None and n_samples <= 0:
+        raise PrunelabError(f"--calib-samples must be positive, got {n_samples} (empty calibration set)")
+    if objective == "margin":
+        opts = {"mc_source": mc_source, "n_samples": n_samples or 64}
+    else:
+        opts = {"source": source, "seq_len": seq_len, "n_samples": n_samples or 32}
+    if batch_size is not None:
+        opts["batch_size"] = batch_size
+    return opts
+
+
+def prune_depth_cmd(
+    model: str = ModelArg,
+    remove: int = typer.Option(..., "--remove", "-k", help="Number of blocks to remove (1 ≤ K < blocks)."),
+    objective: str = typer.Option("perplexity", help="Calibration objective: perplexity or margin."),
+    search: str = typer.Option("greedy", help="one-shot, greedy, beam, ga, bo, cbo, fast-block-select."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the pruned model."),
+    calib_samples: int = typer.Option(None, "--calib-samples",
+                                      help="Calibration size: token windows (perplexity, default 32) or MC items "
+                                           "(margin, default 64)."),
+    calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="Tokens per calibration window (perplexity)."),
+    calib_source: str = typer.Option("lambada", "--calib-source",
+                                     help="Perplexity calibration text: lambada (calibration pool), dolly, c4, "
+                                          "wikitext2 or a text file."),
+    mc_source: str = typer.Option("arc_easy:validation", "--mc-source",
+                                  help="Margin calibration items: arc_easy|arc_challenge:train|validation."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Calibration batch size."),
+    search_opt: list[str] = typer.Option(None, "--search-opt", help=SEARCH_OPTION_HELP),
+    seed: int = typer.Option(0, "--seed", help="Seed for calibration sampling and stochastic searches."),
+    json_out: Path = JsonOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Remove K whole blocks chosen by SEARCH under OBJECTIVE; save the smaller model to OUT."""
+    from prunelab.models import save
+    from prunelab.models.surgery import remove_layers
+    from prunelab.prune.depth import OBJECTIVES, SEARCHES, search_blocks, validate_budget
+
+    # validate everything cheap before loading anything
+    SEARCHES.get(search)
+    OBJECTIVES.get(objective)
+    if remove <= 0:
+        validate_budget(remove, remove + 1)
+    opts = parse_search_options(search_opt)
+    calib = calibration_options(objective, calib_samples, calib_seq_len, calib_source, mc_source, batch_size)
+    lm = load_model(model, dtype, device)
+    res = search_blocks(lm.model, remove, objective, search, tokenizer=lm.tokenizer, seed=seed, options=opts,
+                        calibration_options=calib)
+    remove_layers(lm.model, res.removed)
+    save(lm.model, lm.tokenizer, out, metadata={"depth_pruning": {"source": lm.source, **res.__dict__,
+                                                                    "calibration": calib}})
+    console.print(
+        f"{lm.source}: removed blocks [bold]{res.removed}[/] of {res.n_blocks} ({search}, {objective}); "
+        f"objective {res.baseline_value:.4f} → [bold]{res.objective_value:.4f}[/]; "
+        f"{res.candidates} candidates in {res.seconds:.1f}s; saved {out}"
+    )
+    emit_json({"model": lm.source, "out": str(out), "calibration": calib, **res.__dict__}, json_out)
+
+
+def register(app: typer.Typer) -> None:
+    from prunelab.cli._groups import prune_app
+
+    prune_app.command("depth")(prune_depth_cmd)

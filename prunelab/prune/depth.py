@@ -1,0 +1,153 @@
+"""Depth pruning: choose ``k`` blocks to remove by a search under a calibration objective, then remove them.
+
+``S* = argmin_{|S|=k} L(D; θ ⊙ m_S)`` (DESIGN §4; "Rethinking Layer Redundancy", eq. 2). Objectives live in
+:mod:`prunelab.prune.depth_eval` (:data:`OBJECTIVES`: ``perplexity``, ``margin``; the cached
+:class:`BlockEvaluator`), searches in :mod:`prunelab.prune.depth_search` (:data:`SEARCHES`: ``one-shot``,
+``greedy``, ``beam``, ``ga``, ``bo``, ``cbo``, ``fast-block-select``). Block removal itself is the foundation's
+:func:`prunelab.models.surgery.remove_layers` (renumbers ``layer_idx`` for the KV cache, updates
+``num_hidden_layers`` and ``layer_types``).
+
+    res = search_blocks(model, k=7, objective="perplexity", search="greedy", tokenizer=tok)
+    remove_layers(model, res.removed)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import adapter_for
+from prunelab.models.surgery import remove_layers
+from prunelab.prune.depth_eval import OBJECTIVES, BlockEvaluator, Objective, blocks_removed, load_mc_calibration
+from prunelab.prune.depth_search import SEARCH_DEFAULTS, SEARCHES, minimise_quadratic
+
+__all__ = [
+    "OBJECTIVES", "SEARCHES", "SEARCH_DEFAULTS", "SearchResult", "BlockEvaluator", "Objective",
+    "search_blocks", "build_objective", "prune_depth", "remove_layers", "blocks_removed",
+    "load_mc_calibration", "minimise_quadratic", "validate_budget",
+]
+
+
+@dataclass
+class SearchResult:
+    """Outcome of one depth search.
+
+    ``mask[i]`` is ``(m_S)_i = 1[i ∉ S]`` (True = block kept); ``objective_value = L(S)`` and
+    ``baseline_value = L(∅)`` (dense); ``candidates`` = distinct removed sets evaluated (incl. the final one);
+    ``seconds`` = wall time of the search (calibration preparation excluded).
+    """
+
+    search: str
+    objective: str
+    k: int
+    n_blocks: int
+    removed: list[int]
+    mask: list[bool]
+    objective_value: float
+    baseline_value: float
+    candidates: int
+    seconds: float
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_budget(k: int, n_blocks: int) -> None:
+    """``1 ≤ k < n_blocks`` or a clear error."""
+    if k <= 0:
+        raise PrunelabError(f"--remove must be at least 1 block, got {k}")
+    if k >= n_blocks:
+        raise PrunelabError(f"cannot remove {k} of {n_blocks} blocks: at least one block must remain")
+
+
+def build_objective(model: nn.Module, tokenizer, objective: str, calibration=None, **options) -> Objective:
+    """Objective ``objective`` over ``calibration`` (token ids for perplexity, MC items for margin), or over
+    the default calibration (LAMBADA calibration pool / ARC-Easy validation) sized by ``options``."""
+    factory = OBJECTIVES.get(objective)
+    if calibration is not None and len(calibration) == 0:
+        raise PrunelabError("empty calibration set")
+    if calibration is None and tokenizer is None:
+        raise PrunelabError("a tokenizer is needed to build the default calibration set")
+    return factory(model, tokenizer, calibration=calibration, **options)
+
+
+def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perplexity", search: str = "greedy",
+                  calibration=None, seed: int = 0, tokenizer=None, options: dict[str, Any] | None = None,
+                  calibration_options: dict[str, Any] | None = None, cached: bool = True,
+                  cache_bytes: int = 2 << 30, progress: bool = True,
+                  on_evaluate: Callable[[int], None] | None = None) -> SearchResult:
+    """Find ``k`` blocks to remove from ``model`` (not modified) with ``search`` under ``objective``.
+
+    ``options`` override the search's study defaults (:data:`SEARCH_DEFAULTS`, e.g. ``{"trials": 50}`` for
+    BO); ``calibration_options`` size the default calibration (``n_samples``, ``seq_len``, ``source``,
+    ``mc_source``, ``batch_size``). Every input is validated before any work.
+    """
+    fn = SEARCHES.get(search)
+    if not isinstance(objective, Objective):
+        OBJECTIVES.get(objective)
+    n = len(adapter_for(model).layers(model))
+    validate_budget(k, n)
+    opts = dict(SEARCH_DEFAULTS.get(search, {}))
+    for key, val in (options or {}).items():
+        if key not in opts:
+            raise PrunelabError(f"search '{search}' has no option '{key}'; options: {', '.join(opts) or 'none'}")
+        opts[key] = type(opts[key])(val)
+    obj = objective if isinstance(objective, Objective) else build_objective(
+        model, tokenizer, objective, calibration, seed=seed, **(calibration_options or {}))
+
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                       console=Console(stderr=True), transient=True)
+        task = bar.add_task(f"{search} / {obj.name}: 0 candidates")
+
+        def tick(c: int) -> None:
+            bar.update(task, description=f"{search} / {obj.name}, k={k}: {c} candidates")
+            if on_evaluate:
+                on_evaluate(c)
+
+        callback = tick
+    else:
+        callback = on_evaluate
+    ev = BlockEvaluator(model, obj, cached=cached, cache_bytes=cache_bytes, on_evaluate=callback)
+    try:
+        if bar:
+            bar.start()
+        start = time.perf_counter()
+        removed = sorted(int(i) for i in fn(ev, k, seed=seed, **opts))
+        value = ev(removed)
+        seconds = time.perf_counter() - start
+        candidates, requests, blocks_run = ev.candidates, ev.requests, ev.blocks_run
+        baseline = ev([])  # after the clock: the dense value is a reference, not part of the search
+    finally:
+        if bar:
+            bar.stop()
+        model.train(was_training)
+    if len(set(removed)) != k:
+        raise AssertionError(f"search {search} returned {removed}, not {k} distinct blocks")  # a bug, not user error
+    return SearchResult(
+        search=search, objective=obj.name, k=k, n_blocks=n, removed=removed,
+        mask=[i not in set(removed) for i in range(n)], objective_value=value, baseline_value=baseline,
+        candidates=candidates, seconds=seconds, seed=seed, options=opts,
+        stats={"requests": requests, "blocks_run": blocks_run, "cache_hits": ev.cache_hits,
+               "cached": cached, **ev.notes},
+    )
+
+
+def prune_depth(model: nn.Module, tokenizer, k: int, objective: str = "perplexity", search: str = "greedy",
+                calibration=None, seed: int = 0, **kwargs) -> SearchResult:
+    """:func:`search_blocks` then :func:`remove_layers` in place; returns the search result."""
+    res = search_blocks(model, k, objective, search, calibration=calibration, seed=seed, tokenizer=tokenizer,
+                        **kwargs)
+    remove_layers(model, res.removed)
+    return res

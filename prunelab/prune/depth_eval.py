@@ -1,0 +1,427 @@
+"""Depth-pruning objectives and the cached candidate evaluator.
+
+A candidate is a set ``S`` of removed blocks; its value is ``L(D; θ ⊙ m_S)`` with ``(m_S)_i = 1[i ∉ S]``
+(paper eq. 2). Two objectives (registry :data:`OBJECTIVES`):
+
+* ``perplexity`` — mean token negative log-likelihood on calibration token batches
+  ``L = (1/T) Σ_t −log p(x_t | x_<t)`` (lower = better; ``exp(L)`` is the calibration perplexity).
+* ``margin`` — task likelihood margin on multiple-choice items (Wee et al., 2025): per item, with the
+  length-normalised log-likelihood ``ℓ(c) = (1/|c|) Σ_{t∈c} log p(c_t | context, c_<t)`` of each choice,
+  ``margin = max_{c≠y} ℓ(c) − ℓ(y)``; ``L`` = mean margin (more negative = better). ``|c|`` is counted in
+  tokens.
+
+:class:`BlockEvaluator` computes ``L(S)``. With ``cached=True`` (default) nothing is computed twice:
+
+* values are memoised per removed set (beam/GA/BO revisit sets);
+* hidden states are cached per *kept prefix* (the tuple of kept block indices run so far, which fully
+  determines the hidden state), LRU-bounded by ``cache_bytes``; a candidate starts from the longest cached
+  prefix of its kept sequence — at worst the hidden states entering its first removed block, which the dense
+  trajectory provides — and runs only the remaining kept blocks, then final norm + LM head.
+
+Decoder layers are called directly with the *exact* keyword arguments the model's own forward passed to them
+(captured once with forward pre-hooks): rotary ``position_embeddings``, ``position_ids`` and the attention
+mask of that layer's type (Gemma2 alternates sliding/full masks per ``layer_types[i]``; a kept block keeps
+its own mask type after removal, as :func:`prunelab.models.surgery.remove_layers` keeps its ``layer_types``
+entry). The captured input of block 0 already includes family-specific embedding scaling (Gemma2's
+``√hidden``), and the head applies Gemma2's final-logit soft-capping, so the cached path is exact for every
+supported family (tested against ``cached=False``, which runs the HF decoder forward with the blocks swapped
+out, on all tiny families).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import adapter_for
+from prunelab.registry import Registry
+
+#: Tokens per LM-head chunk: bounds the ``[tokens, vocab]`` logits tensor (vocab 49k × 2048 × 4 B ≈ 400 MB).
+HEAD_CHUNK = 1024
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model pieces
+# ----------------------------------------------------------------------------------------------------------
+def lm_logits(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """``lm_head(h)`` with the family's final-logit soft-capping (Gemma2: ``c·tanh(z/c)``)."""
+    logits = model.get_output_embeddings()(normed)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _token_logprobs(model: nn.Module, normed: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log p(targets | ·)`` for rows of ``normed`` ``[T, H]`` and ``targets`` ``[T]``, chunked over T."""
+    out = []
+    for s in range(0, normed.shape[0], HEAD_CHUNK):
+        logits = lm_logits(model, normed[s : s + HEAD_CHUNK]).float()
+        out.append(-nn.functional.cross_entropy(logits, targets[s : s + HEAD_CHUNK], reduction="none"))
+    return torch.cat(out) if out else normed.new_zeros(0)
+
+
+@contextmanager
+def blocks_removed(model: nn.Module, removed: Iterable[int]):
+    """Temporarily run ``model`` without blocks ``removed`` (layers list, ``num_hidden_layers`` and
+    ``layer_types`` swapped, restored on exit). Weights are shared, nothing is copied."""
+    adapter = adapter_for(model)
+    dec = adapter.decoder(model)
+    cfg = model.config
+    old_layers = dec.layers
+    drop = set(removed)
+    kept = [i for i in range(len(old_layers)) if i not in drop]
+    had_n, old_n = "num_hidden_layers" in cfg.__dict__, cfg.__dict__.get("num_hidden_layers")
+    had_t, old_t = "layer_types" in cfg.__dict__, cfg.__dict__.get("layer_types")
+    dec.layers = nn.ModuleList([old_layers[i] for i in kept])
+    # __dict__ writes bypass config validators that would compare layer_types to num_hidden_layers mid-update.
+    cfg.__dict__["num_hidden_layers"] = len(kept)
+    if old_t is not None:
+        cfg.__dict__["layer_types"] = [old_t[i] for i in kept]
+    try:
+        yield model
+    finally:
+        dec.layers = old_layers
+        for name, had, val in (("num_hidden_layers", had_n, old_n), ("layer_types", had_t, old_t)):
+            if had:
+                cfg.__dict__[name] = val
+            else:
+                cfg.__dict__.pop(name, None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# objectives
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """One forward batch of the calibration set (right-padded) plus objective-specific bookkeeping."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    meta: list = field(default_factory=list)
+
+
+class Objective:
+    """An objective: calibration ``batches`` and ``reduce(model, normed_hidden_per_batch) -> float``."""
+
+    name = ""
+    lower_is_better = True
+    batches: list[Batch]
+
+    def reduce(self, model: nn.Module, normed: Sequence[torch.Tensor]) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def token_mask(self, batch: Batch) -> torch.Tensor:
+        """Which positions are real tokens (for block-influence averaging)."""
+        if batch.attention_mask is None:
+            return torch.ones_like(batch.input_ids, dtype=torch.bool)
+        return batch.attention_mask.bool()
+
+
+class PerplexityObjective(Objective):
+    """Mean token NLL ``(1/T) Σ −log p(x_t | x_<t)`` over calibration windows ``tokens [n, L]``."""
+
+    name = "perplexity"
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int = 8) -> None:
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+            raise PrunelabError("perplexity objective needs a non-empty calibration batch [n ≥ 1, seq_len ≥ 2]")
+        self.batches = [Batch(tokens[s : s + batch_size]) for s in range(0, tokens.shape[0], batch_size)]
+
+    def reduce(self, model, normed):
+        total, count = 0.0, 0
+        for b, h in zip(self.batches, normed):
+            hid = h[:, :-1].reshape(-1, h.shape[-1])
+            tgt = b.input_ids[:, 1:].reshape(-1)
+            total -= float(_token_logprobs(model, hid, tgt).double().sum())
+            count += tgt.numel()
+        return total / count
+
+
+class MarginObjective(Objective):
+    """Mean task likelihood margin ``max_{c≠y} ℓ(c) − ℓ(y)`` (token-length-normalised ℓ) over MC items."""
+
+    name = "margin"
+
+    def __init__(self, tokenizer, items: Sequence, batch_size: int = 16, max_len: int = 256) -> None:
+        items = [it for it in items if len(it.choices) >= 2]
+        if not items:
+            raise PrunelabError("margin objective needs at least one multiple-choice item with ≥ 2 choices")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        seqs = []  # (item_idx, choice_idx, ids, cont_start)
+        for i, it in enumerate(items):
+            for c, choice in enumerate(it.choices):
+                ctx_text = it.contexts[c] if it.contexts else it.context
+                ctx = tokenizer(ctx_text, add_special_tokens=False)["input_ids"]
+                cont = tokenizer(choice, add_special_tokens=False)["input_ids"]
+                if not cont:
+                    raise PrunelabError(f"MC item {it.id}: choice {c} tokenises to nothing")
+                ids = (ctx + cont)[-max_len:]
+                start = max(1, len(ids) - len(cont))  # a continuation needs ≥ 1 token of context
+                seqs.append((i, c, ids, start))
+        self.items = items
+        self.batches = []
+        for s in range(0, len(seqs), batch_size):
+            chunk = seqs[s : s + batch_size]
+            width = max(len(x[2]) for x in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (_, _, seq, _) in enumerate(chunk):
+                ids[r, : len(seq)] = torch.tensor(seq)
+                mask[r, : len(seq)] = 1
+            meta = [(i, c, r, st, len(seq)) for r, (i, c, seq, st) in enumerate(chunk)]
+            self.batches.append(Batch(ids, mask, meta))
+
+    def choice_loglik(self, model, normed) -> list[list[float]]:
+        """``ℓ[item][choice]``: mean log-probability of the choice tokens given the context."""
+        ll: list[list[float]] = [[math.nan] * len(it.choices) for it in self.items]
+        for b, h in zip(self.batches, normed):
+            rows, pos, tgt, owner = [], [], [], []
+            for (i, c, r, st, end) in b.meta:
+                p = torch.arange(st - 1, end - 1)  # logits at p predict token p + 1
+                rows.append(torch.full_like(p, r))
+                pos.append(p)
+                tgt.append(b.input_ids[r, st:end])
+                owner.extend([(i, c)] * len(p))
+            rows_t, pos_t = torch.cat(rows), torch.cat(pos)
+            lp = _token_logprobs(model, h[rows_t, pos_t], torch.cat(tgt)).double()
+            k = 0
+            for (i, c, r, st, end) in b.meta:
+                n = end - st
+                ll[i][c] = float(lp[k : k + n].mean())
+                k += n
+        return ll
+
+    def reduce(self, model, normed):
+        ll = self.choice_loglik(model, normed)
+        margins = []
+        for it, l in zip(self.items, ll):
+            gold = l[it.answer]
+            margins.append(max(v for c, v in enumerate(l) if c != it.answer) - gold)
+        return sum(margins) / len(margins)
+
+
+def _perplexity_objective(model, tokenizer, calibration=None, n_samples: int = 32, seq_len: int = 128,
+                          source: str = "lambada", seed: int = 0, batch_size: int = 8, **_) -> Objective:
+    """``calibration``: a ``LongTensor [n, L]`` of token ids, else :func:`prunelab.data.calibration_batch`."""
+    if calibration is None:
+        from prunelab.data import calibration_batch
+
+        calibration = calibration_batch(tokenizer, n_samples=n_samples, seq_len=seq_len, source=source, seed=seed)
+    if not isinstance(calibration, torch.Tensor):
+        raise PrunelabError("perplexity objective expects calibration token ids as a LongTensor [n, seq_len]")
+    return PerplexityObjective(calibration.to(model.device), batch_size=batch_size)
+
+
+def _margin_objective(model, tokenizer, calibration=None, n_samples: int = 64, seed: int = 0,
+                      mc_source: str = "arc_easy:validation", batch_size: int = 16, max_len: int = 256,
+                      **_) -> Objective:
+    """``calibration``: a list of MC items, else a seeded sample of ``mc_source`` (``arc_easy:validation``
+    by default — never the ``test`` split that evaluation uses)."""
+    if calibration is None:
+        calibration = load_mc_calibration(mc_source, n_samples, seed)
+    if isinstance(calibration, torch.Tensor) or not isinstance(calibration, (list, tuple)):
+        raise PrunelabError("margin objective expects a list of multiple-choice items as calibration")
+    return MarginObjective(tokenizer, calibration, batch_size=batch_size, max_len=max_len)
+
+
+def load_mc_calibration(source: str = "arc_easy:validation", n_samples: int | None = 64, seed: int = 0) -> list:
+    """Seeded MC items for the margin objective from ``arc_easy|arc_challenge:train|validation``."""
+    from prunelab.data import load_arc, seeded_sample
+
+    name, _, split = source.partition(":")
+    split = split or "validation"
+    subsets = {"arc_easy": "easy", "arc_challenge": "challenge"}
+    if name not in subsets:
+        raise PrunelabError(f"unknown margin calibration source '{name}'; use arc_easy or arc_challenge")
+    if split == "test":
+        raise PrunelabError("margin calibration must not use the test split (it is the evaluation split)")
+    if split not in ("train", "validation"):
+        raise PrunelabError(f"unknown split '{split}' for {name}; use train or validation")
+    items = load_arc(subsets[name], split=split)
+    if not items:
+        raise PrunelabError(f"margin calibration source {source} is empty")
+    return seeded_sample(items, n_samples, seed)
+
+
+#: name -> factory(model, tokenizer, calibration=None, n_samples, seq_len, seed, ...) -> Objective
+OBJECTIVES: Registry[Callable[..., Objective]] = Registry("depth objective")
+OBJECTIVES.register("perplexity", _perplexity_objective)
+OBJECTIVES.register("margin", _margin_objective)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluator
+# ----------------------------------------------------------------------------------------------------------
+class BlockEvaluator:
+    """``evaluator(removed) -> L(S)``, cached (default) or naive (HF forward from the embeddings each time).
+
+    Counters: ``candidates`` (distinct sets evaluated), ``requests`` (calls), ``blocks_run`` (decoder-block
+    forward passes over the whole calibration set), ``cache_hits``.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective, cached: bool = True,
+                 cache_bytes: int = 2 << 30, on_evaluate: Callable[[int], None] | None = None) -> None:
+        if not objective.batches:
+            raise PrunelabError("empty calibration set: the objective has no batches")
+        self.model = model
+        self.objective = objective
+        self.cached = cached
+        self.cache_bytes = int(cache_bytes)
+        self.on_evaluate = on_evaluate
+        self.adapter = adapter_for(model)
+        self.layers = list(self.adapter.layers(model))
+        self.n_blocks = len(self.layers)
+        self.memo: dict[frozenset[int], float] = {}
+        self.notes: dict[str, object] = {}
+        self.seen: set[frozenset[int]] = set()
+        self.requests = 0
+        self.blocks_run = 0
+        self.cache_hits = 0
+        self._states: OrderedDict[tuple[int, ...], list[torch.Tensor]] = OrderedDict()
+        self._used = 0
+        self._captured = False
+        self._influence: list[float] | None = None
+
+    # ----- capture ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        """One dense forward per batch recording each block's input and call kwargs (pre-hooks)."""
+        if self._captured:
+            return
+        n = self.n_blocks
+        self._kwargs: list[list[dict]] = []
+        inputs: list[list[torch.Tensor]] = [[] for _ in range(n + 1)]
+        current: dict = {}
+
+        def hook(idx):
+            def pre(module, args, kwargs):
+                h = args[0] if args else kwargs["hidden_states"]
+                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                current[idx] = (h, kw)
+
+            return pre
+
+        handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        try:
+            for b in self.objective.batches:
+                current.clear()
+                self.adapter.decoder(self.model)(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                                 use_cache=False)
+                self._kwargs.append([current[i][1] for i in range(n)])
+                for i in range(n):
+                    inputs[i].append(current[i][0])
+                inputs[n].append(self._run_block(n - 1, len(self._kwargs) - 1, current[n - 1][0], count=False))
+        finally:
+            for h in handles:
+                h.remove()
+        self._dense = inputs
+        self._captured = True
+        if self.cached:
+            # the dense trajectory: the state after kept prefix (0..i-1) is the input of block i
+            self._root = inputs[0]
+            for i in range(1, n):
+                self._put(tuple(range(i)), inputs[i])
+
+    def _run_block(self, idx: int, batch: int, h: torch.Tensor, count: bool = True) -> torch.Tensor:
+        out = self.layers[idx](h, **self._kwargs[batch][idx])
+        return out[0] if isinstance(out, tuple) else out
+
+    # ----- LRU state cache -------------------------------------------------------------------------------
+    def _put(self, key: tuple[int, ...], states: list[torch.Tensor]) -> None:
+        size = sum(s.numel() * s.element_size() for s in states)
+        if size > self.cache_bytes or key in self._states:
+            return
+        while self._used + size > self.cache_bytes and self._states:
+            _, old = self._states.popitem(last=False)
+            self._used -= sum(s.numel() * s.element_size() for s in old)
+        self._states[key] = states
+        self._used += size
+
+    def _longest_prefix(self, kept: tuple[int, ...]) -> tuple[int, list[torch.Tensor]]:
+        for i in range(len(kept), 0, -1):
+            st = self._states.get(kept[:i])
+            if st is not None:
+                self._states.move_to_end(kept[:i])
+                self.cache_hits += 1
+                return i, st
+        return 0, self._root
+
+    # ----- evaluation ------------------------------------------------------------------------------------
+    def _check(self, removed: Iterable[int]) -> frozenset[int]:
+        s = frozenset(int(i) for i in removed)
+        if any(i < 0 or i >= self.n_blocks for i in s):
+            raise PrunelabError(f"block index out of range [0, {self.n_blocks})")
+        if len(s) >= self.n_blocks:
+            raise PrunelabError(f"cannot remove {len(s)} of {self.n_blocks} blocks: at least one must remain")
+        return s
+
+    @torch.inference_mode()
+    def _cached_normed(self, s: frozenset[int]) -> list[torch.Tensor]:
+        self._capture()
+        kept = tuple(i for i in range(self.n_blocks) if i not in s)
+        start, states = self._longest_prefix(kept)
+        for j in range(start, len(kept)):
+            states = [self._run_block(kept[j], b, h) for b, h in enumerate(states)]
+            self.blocks_run += 1
+            if j + 1 < len(kept):  # the full kept sequence is memoised by value instead
+                self._put(kept[: j + 1], states)
+        norm = self.adapter.final_norm(self.model)
+        return [norm(h) for h in states]
+
+    @torch.inference_mode()
+    def _naive_normed(self, s: frozenset[int]) -> list[torch.Tensor]:
+        dec = self.adapter.decoder(self.model)
+        with blocks_removed(self.model, s):
+            outs = [dec(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
+                    for b in self.objective.batches]
+        self.blocks_run += self.n_blocks - len(s)
+        return outs
+
+    def __call__(self, removed: Iterable[int]) -> float:
+        s = self._check(removed)
+        self.requests += 1
+        if self.cached and s in self.memo:
+            return self.memo[s]
+        with torch.inference_mode():
+            normed = self._cached_normed(s) if self.cached else self._naive_normed(s)
+            value = float(self.objective.reduce(self.model, normed))
+        if not math.isfinite(value):
+            raise PrunelabError(f"objective is not finite ({value}) for removed blocks {sorted(s)}")
+        if s not in self.seen:
+            self.seen.add(s)
+            if self.on_evaluate:
+                self.on_evaluate(len(self.seen))
+        if self.cached:
+            self.memo[s] = value
+        return value
+
+    @property
+    def candidates(self) -> int:
+        """Distinct removed sets evaluated."""
+        return len(self.seen)
+
+    @torch.inference_mode()
+    def block_influence(self) -> list[float]:
+        """ShortGPT block influence ``BI_i = 1 − E_t[cos(x_i,t, x_{i+1},t)]`` (input vs output of block i,
+        averaged over real calibration tokens), from one dense forward pass."""
+        if self._influence is None:
+            self._capture()
+            bi = []
+            for i in range(self.n_blocks):
+                num, den = 0.0, 0
+                for b, (x, y) in enumerate(zip(self._dense[i], self._dense[i + 1])):
+                    m = self.objective.token_mask(self.objective.batches[b]).to(x.device)
+                    cos = nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
+                    num += float(cos[m].double().sum())
+                    den += int(m.sum())
+                bi.append(1.0 - num / den)
+            self._influence = bi
+        return list(self._influence)
