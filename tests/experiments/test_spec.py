@@ -1,0 +1,132 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunelab.errors import PrunelabError
+from prunelab.experiments.spec import config_hash, expand, load_spec, parse_spec
+
+BASE = {
+    "name": "t",
+    "models": ["smollm2-135m"],
+    "pruning": {"kind": "width", "criterion": "maw", "ratio": 0.4},
+    "mechanisms": ["ketamine", "ssri", "neurosteroid"],
+    "isodose": "ketamine:1",
+    "seeds": [0, 1],
+}
+
+
+def with_(**kw):
+    d = json.loads(json.dumps(BASE))
+    d.update(kw)
+    return d
+
+
+@pytest.mark.parametrize("patch, path", [
+    ({"pruning": {"kind": "width", "ratio": 1.5}}, "pruning.0.ratio"),
+    ({"pruning": [{"kind": "width", "ratoi": 0.4}]}, "pruning.0.ratoi"),
+    ({"pruning": [{"kind": "depth"}]}, "pruning.0.k"),
+    ({"pruning": [{"kind": "sideways"}]}, "pruning.0"),
+    ({"seeds": [0, 0]}, "seeds"),
+    ({"isodose": "ketamine"}, "isodose"),
+    ({"training": {"samples": 0}}, "training.samples"),
+    ({"stress": {"relapse": {"fraction": 1.2}}}, "stress.relapse.fraction"),
+    ({"stress": {"chronic": {"cycles": 12, "step": 0.1}}}, "stress.chronic"),
+    ({"mechanisms": [{"name": "mine", "r": 0}]}, "mechanisms.0.r"),
+    ({"mechanisms": [{"name": "mine", "targets": ["q", "nose"]}]}, "mechanisms.0.targets.1"),
+    ({"models": []}, "models"),
+    ({"eval": {"tasks": ["arc_easy_gen"], "limit": 0}}, "eval.limit"),
+])
+def test_bad_spec_names_the_field(patch, path):
+    with pytest.raises(PrunelabError) as err:
+        parse_spec(with_(**patch), "exp.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"exp.yaml: {path}:"), msg
+    assert "\n" not in msg
+
+
+def test_missing_name_and_non_mapping():
+    d = with_()
+    del d["name"]
+    with pytest.raises(PrunelabError, match=r"^s: name: Field required"):
+        parse_spec(d, "s")
+    with pytest.raises(PrunelabError, match="must be a mapping"):
+        parse_spec(["a"], "s")
+
+
+def test_unknown_mechanism_and_reference_name_the_field():
+    with pytest.raises(PrunelabError, match=r"mechanisms\.1: 'mine' is not a built-in.*needs r, alpha"):
+        expand(parse_spec(with_(mechanisms=["ketamine", "mine"])))
+    with pytest.raises(PrunelabError, match=r"isodose\.reference: unknown mechanism 'nope'"):
+        expand(parse_spec(with_(isodose="nope:2")))
+    with pytest.raises(PrunelabError, match=r"mechanisms\.0\.base: unknown mechanism 'nope'"):
+        expand(parse_spec(with_(mechanisms=[{"name": "x", "base": "nope"}])))
+
+
+def test_expansion_counts_and_baselines():
+    spec = parse_spec(with_(models=["a", {"source": "org/b", "name": "b"}],
+                            pruning=["none", {"kind": "width", "ratio": 0.4}, {"kind": "depth", "k": 2}]))
+    runs = expand(spec)
+    # 2 models × 3 prunings × 2 seeds = 12 baselines, × 3 mechanisms = 36 treated
+    assert len(runs) == 12 + 36
+    assert sum(r.kind == "baseline" for r in runs) == 12
+    assert len({r.hash for r in runs}) == len(runs)
+    # runs sharing a pruned model are contiguous (each is pruned once per invocation)
+    keys = [r.group[-1] for r in runs]
+    assert all(keys.index(k) + keys.count(k) - 1 == len(keys) - 1 - keys[::-1].index(k) for k in set(keys))
+    # the treated run carries the resolved mechanism values and the isodose reference
+    t = next(r for r in runs if r.kind == "treated" and r.config["mechanism"]["name"] == "ssri")
+    assert t.config["mechanism"]["r"] == 8 and t.config["mechanism"]["targets"] == ["q", "v"]
+    assert t.config["dose"]["reference"]["epochs"] == 1
+    assert t.config["dose"]["reference"]["mechanism"]["r"] == 64
+
+
+def test_rank_sweep_and_inline_mechanisms():
+    spec = parse_spec(with_(mechanisms=[{"name": "mine", "r": 4, "alpha": 8, "targets": ["q"], "dropout": 0.0,
+                                         "lr": 1e-4}, {"name": "k32", "base": "ketamine", "r": 32, "alpha": 64}],
+                            rank_sweep={"ranks": [16, 32]}, isodose="ketamine:3", seeds=[0]))
+    runs = expand(spec)
+    mechs = [r.config["mechanism"] for r in runs if r.kind == "treated"]
+    assert [m["name"] for m in mechs] == ["mine", "k32", "ketamine-r16", "ketamine-r32"]
+    assert mechs[1]["targets"] == ["q", "k", "v", "o", "gate", "up", "down"] and mechs[1]["alpha"] == 64
+    assert [m["sweep"] for m in mechs] == [False, False, True, True]
+    assert mechs[2]["alpha"] == 32.0 and mechs[3]["r"] == 32
+
+
+def test_config_hash_stable_across_key_order_and_processes():
+    a = {"x": 1, "y": {"b": [1, 2], "a": 0.5}}
+    b = {"y": {"a": 0.5, "b": [1, 2]}, "x": 1}
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash({**a, "x": 2})
+    code = "from prunelab.experiments.spec import config_hash; print(config_hash({'x': 1, 'y': {'b': [1, 2], 'a': 0.5}}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == config_hash(a)
+
+
+def test_hash_ignores_cosmetics_but_not_settings():
+    h1 = {r.label: r.hash for r in expand(parse_spec(with_(note="hello", name="one")))}
+    h2 = {r.label: r.hash for r in expand(parse_spec(with_(note="other", name="two")))}
+    assert h1 == h2  # the same run requested by two experiments is recognised
+    h3 = {r.label: r.hash for r in expand(parse_spec(with_(training={"samples": 7})))}
+    assert set(h3.values()).isdisjoint(v for k, v in h1.items() if "untreated" not in k)
+
+
+def test_examples_validate():
+    root = Path(__file__).resolve().parents[2] / "examples"
+    files = sorted(root.glob("*.yaml"))
+    assert {f.name for f in files} >= {"quickstart.yaml", "recovery-study.yaml", "rank-sweep.yaml", "transfer.yaml"}
+    for f in files:
+        spec = load_spec(f)
+        assert spec.note, f"{f.name} must say what is CPU-scaled"
+        assert expand(spec)
+
+
+def test_yaml_errors(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(PrunelabError, match="not valid YAML"):
+        load_spec(p)
+    with pytest.raises(PrunelabError, match="does not exist"):
+        load_spec(tmp_path / "missing.yaml")
