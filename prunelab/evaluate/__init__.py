@@ -99,3 +99,5 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
 
 
 __all__ = ["EvalReport", "TASKS", "TaskFn", "TaskResult", "evaluate", "load_tasks", "resolve_tasks", "task"]
+
+from prunelab.evaluate import generative_tasks  # noqa: E402,F401  (registers gsm8k, ifeval, truthfulqa_mc1/mc2)
