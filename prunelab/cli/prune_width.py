@@ -1,0 +1,154 @@
+"""``prunelab prune width MODEL``: uniform width pruning by a criterion, or Adapt-Pruner (``--adaptive``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, human, load_model
+from prunelab.errors import PrunelabError
+
+
+def parse_amplitudes(text: str) -> list[float]:
+    """``"0,0.005,0.02"`` → [0.0, 0.005, 0.02]; each must be a number ≥ 0."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise PrunelabError(f"--amplitude must be a number or a comma-separated list of numbers, got '{text}'") from None
+    if not values or any(not v >= 0 for v in values):
+        raise PrunelabError(f"--amplitude values must be ≥ 0, got '{text}'")
+    return values
+
+
+def prune_width_cmd(
+    model: str = ModelArg,
+    output: Path = typer.Option(None, "--output", "-o", help="Directory for the pruned model (written atomically)."),
+    criterion: str = typer.Option("maw", "--criterion", "-c", help="maw, vow, pon, l2, *_hybrid, taylor, random."),
+    ratio: float = typer.Option(None, "--ratio", help="Fraction of MLP neurons removed per layer, in [0, 1) "
+                                "(with --adaptive: sparsity of the decoder-block parameters)."),
+    expansion_ratio: float = typer.Option(None, "--expansion-ratio", help="Target intermediate/hidden (e.g. 2.0)."),
+    heads_ratio: float = typer.Option(0.0, "--heads-ratio", help="Fraction of query heads removed per layer (GQA-valid)."),
+    round_to: int = typer.Option(1, "--round-to", help="Round kept MLP widths down to a multiple of this (8, 64, ...)."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Adapt-Pruner: layer-adaptive, progressive, Taylor."),
+    amplitude: str = typer.Option("0.02", "--amplitude", help="Adapt-Pruner amplitude A; a list (0,0.005,0.01,0.02,0.04) "
+                                  "runs the ablation (params + perplexity per A, no model saved)."),
+    steps: int = typer.Option(10, "--steps", help="Adapt-Pruner progressive steps T."),
+    prune_heads: bool = typer.Option(True, "--prune-heads/--mlp-only", help="Adapt-Pruner: also prune attention heads."),
+    calibration: str = typer.Option("lambada", "--calibration", help="Calibration text: lambada, dolly, wikitext2, c4 or a file."),
+    calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration sequences."),
+    calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="Tokens per calibration sequence."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Calibration batch size."),
+    seed: int = typer.Option(0, "--seed"),
+    plot: Path = typer.Option(None, "--plot", help="Adapt-Pruner sparsity profile PNG (default OUT/sparsity_profile.png)."),
+    ppl_windows: int = typer.Option(8, "--ppl-windows", help="Ablation: WikiText-2 windows of 512 tokens scored."),
+    json_out: Path = JsonOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Remove GLU neurons (and optionally attention heads) from every layer; print params before/after."""
+    from prunelab.prune.criteria import CRITERIA
+
+    amplitudes = parse_amplitudes(amplitude)
+    ablation = adaptive and len(amplitudes) > 1
+    if not adaptive:
+        CRITERIA.get(criterion)
+        if len(amplitudes) > 1 or amplitude != "0.02":
+            raise PrunelabError("--amplitude only applies with --adaptive")
+    elif ratio is None:
+        raise PrunelabError("--adaptive needs --ratio (target sparsity of the decoder-block parameters)")
+    elif expansion_ratio is not None or heads_ratio:
+        raise PrunelabError("--adaptive sets per-layer widths itself: drop --expansion-ratio/--heads-ratio")
+    if output is None and not ablation:
+        raise PrunelabError("give the output directory with -o/--output")
+    if ablation and output is not None:
+        raise PrunelabError("the amplitude ablation does not save models: drop -o, or give a single --amplitude")
+
+    lm = load_model(model, dtype, device)
+    if ablation:
+        _ablation(lm, ratio, amplitudes, steps, prune_heads, calibration, calib_samples, calib_seq_len, batch_size,
+                  seed, ppl_windows, json_out)
+        return
+    from prunelab.models import save
+
+    start = time.perf_counter()
+    kw = dict(calibration_samples=calib_samples, calibration_seq_len=calib_seq_len, calibration_source=calibration,
+              batch_size=batch_size)
+    if adaptive:
+        from prunelab.prune.adaptive import adapt_prune, plot_sparsity_profile
+
+        report = adapt_prune(lm.model, lm.tokenizer, ratio=ratio, amplitude=amplitudes[0], steps=steps, seed=seed,
+                             prune_heads=prune_heads, **kw)
+        meta = {"pruning": "adaptive", "source": lm.source, **_summary(report)}
+    else:
+        from prunelab.prune.width import prune_width
+
+        report = prune_width(lm.model, lm.tokenizer, criterion=criterion, ratio=ratio, expansion_ratio=expansion_ratio,
+                             heads_ratio=heads_ratio, round_to=round_to, seed=seed, **kw)
+        meta = {"pruning": "width", "source": lm.source, **_summary(report)}
+    save(lm.model, lm.tokenizer, output, metadata=meta)
+    elapsed = time.perf_counter() - start
+    if adaptive:
+        plot_path = plot_sparsity_profile(report, plot or output / "sparsity_profile.png")
+        _print_profile(report)
+        err_console.print(f"sparsity profile: {plot_path}")
+    console.print(
+        f"{lm.source} → {output}: params {human(report.params_before)} → {human(report.params_after)} "
+        f"({100 * report.params_after / report.params_before:.1f}%), non-embedding "
+        f"{human(report.non_embedding_before)} → {human(report.non_embedding_after)}; "
+        f"pruned in {report.seconds:.2f}s (with saving {elapsed:.1f}s)"
+    )
+    emit_json({"model": lm.source, "output": str(output), **_summary(report), "total_seconds": elapsed}, json_out)
+
+
+def _summary(report) -> dict:
+    """The report as JSON without the (large) kept-index lists."""
+    from prunelab.atomic import to_jsonable
+
+    data = to_jsonable(report)
+    data.pop("kept_neurons", None)
+    data.pop("kept_heads", None)
+    return data
+
+
+def _print_profile(report) -> None:
+    t = Table(title=f"Adapt-Pruner profile (A={report.amplitude:g}, T={report.steps}, S={report.ratio:g})")
+    for col in ("layer", "importance", "target %", "sparsity %", "MLP", "heads", "KV"):
+        t.add_column(col, justify="right")
+    for row in report.table():
+        t.add_row(str(row["layer"]), f"{row['importance']:+.3f}", f"{100 * row['target']:.1f}",
+                  f"{100 * row['sparsity']:.1f}", str(row["mlp_width"]), str(row["heads"]), str(row["kv_heads"]))
+    console.print(t)
+
+
+def _ablation(lm, ratio, amplitudes, steps, prune_heads, calibration, calib_samples, calib_seq_len, batch_size, seed,
+              ppl_windows, json_out) -> None:
+    from prunelab.prune.adaptive import amplitude_ablation
+
+    if ppl_windows < 1:
+        raise PrunelabError(f"--ppl-windows must be ≥ 1, got {ppl_windows}")
+    rep = amplitude_ablation(lm.model, lm.tokenizer, ratio=ratio, amplitudes=amplitudes, steps=steps, seed=seed,
+                             ppl_windows=ppl_windows, prune_heads=prune_heads, calibration_source=calibration,
+                             calibration_samples=calib_samples, calibration_seq_len=calib_seq_len,
+                             batch_size=batch_size)
+    t = Table(title=f"Adapt-Pruner amplitude ablation (S={ratio:g}, T={steps}; dense: {human(rep.params_before)} "
+                    f"params, ppl {rep.perplexity_before:.2f})")
+    for col in ("A", "params", "non-embedding", "block sparsity %", "WikiText-2 ppl", "seconds"):
+        t.add_column(col, justify="right")
+    for r in rep.rows:
+        t.add_row(f"{r.amplitude:g}", human(r.params), human(r.non_embedding), f"{100 * r.sparsity:.1f}",
+                  f"{r.perplexity:.2f}", f"{r.seconds:.1f}")
+    console.print(t)
+    from prunelab.atomic import to_jsonable
+
+    data = to_jsonable(rep)
+    data["reports"] = [_summary(r) for r in rep.reports]
+    emit_json({"model": lm.source, **data}, json_out)
+
+
+def register(app: typer.Typer) -> None:
+    from prunelab.cli._groups import prune_app
+
+    prune_app.command("width")(prune_width_cmd)

@@ -1,0 +1,311 @@
+"""Adapt-Pruner: layer-adaptive, progressive structured width pruning (Adapt-Pruner, Alg. 1 / eqs. 6 and 10).
+
+For t = 1 … T (``steps``):
+
+1. run the calibration batch; layer importance ``I_i = −mean_tokens cos(h_in_i, h_out_i)`` (a block that changes
+   its input more matters more);
+2. normalise ``I ← I − mean(I)``, ``I ← I / max|I|`` (so I ∈ [−1, 1], mean 0; all-equal importances give I = 0);
+3. ``S_cur = S·t/T`` and per-layer sparsity ``S_i = clip(S_cur − A·I_i, 0, 0.95)``;
+4. inside each layer remove the lowest first-order-Taylor groups (``Σ|∂L/∂W ⊙ W|``, gradients from the same pass)
+   — GLU neurons and attention heads together, GQA-valid — until the block has at most ``(1 − S_i)`` of its
+   *original* parameters.
+
+Step 4 is solved exactly for the additive-score model: for every GQA-valid head layout (m kept KV groups of p
+query heads; only the current layout with ``prune_heads=False``) the best heads are kept
+(:func:`prunelab.prune.width.best_heads_for`), the remaining parameter budget is filled with the top-scoring
+neurons, and the layout removing the least total score wins. A layer already at or below its target is left
+alone (pruning never regrows). With ``A = 0`` every layer gets the same target, i.e. uniform pruning.
+
+``ratio`` here is the sparsity of the decoder blocks' parameters (attention + MLP), not the MLP neuron ratio of
+:func:`prunelab.prune.width.prune_width`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import adapter_for
+from prunelab.models.counts import count_parameters
+from prunelab.models.surgery import prune_attention_heads, prune_mlp_neurons, sync_config
+from prunelab.prune.calibration_stats import collect_statistics
+from prunelab.prune.criteria import CRITERIA, LayerScores
+from prunelab.prune.width import best_heads_for, resolve_calibration, select_neurons
+
+MAX_LAYER_SPARSITY = 0.95
+
+
+@dataclass
+class AdaptiveReport:
+    """Result of :func:`adapt_prune` (the model is pruned in place)."""
+
+    ratio: float
+    amplitude: float
+    steps: int
+    params_before: int
+    params_after: int
+    non_embedding_before: int
+    non_embedding_after: int
+    block_params_before: list[int]
+    block_params_after: list[int]
+    #: achieved per-block sparsity ``1 − after/before``
+    layer_sparsity: list[float]
+    #: the last step's targets ``S_i``
+    target_sparsity: list[float]
+    #: normalised importances ``I_i`` of every step (``[steps][layers]``)
+    importance: list[list[float]]
+    widths_after: list[int]
+    heads_after: list[int]
+    kv_heads_after: list[int]
+    seconds: float
+    calibration_shape: list[int] = field(default_factory=list)
+
+    @property
+    def sparsity(self) -> float:
+        """Achieved sparsity of all decoder-block parameters."""
+        return 1.0 - sum(self.block_params_after) / sum(self.block_params_before)
+
+    def table(self) -> list[dict]:
+        """Per-layer profile rows (layer, importance, target, achieved sparsity, width, heads, kv heads)."""
+        last = self.importance[-1] if self.importance else [0.0] * len(self.layer_sparsity)
+        return [
+            {"layer": i, "importance": last[i], "target": self.target_sparsity[i], "sparsity": self.layer_sparsity[i],
+             "mlp_width": self.widths_after[i], "heads": self.heads_after[i], "kv_heads": self.kv_heads_after[i]}
+            for i in range(len(self.layer_sparsity))
+        ]
+
+
+def normalise_importance(raw: list[float]) -> list[float]:
+    """``I ← I − mean(I)``, ``I ← I / max|I|`` (zeros when every layer is equally important)."""
+    x = torch.tensor(raw, dtype=torch.float64)
+    x = x - x.mean()
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    return (x / peak).tolist() if peak > 1e-12 else [0.0] * len(raw)
+
+
+def layer_targets(importance: list[float], s_cur: float, amplitude: float) -> list[float]:
+    """``S_i = clip(S_cur − A·I_i, 0, 0.95)``."""
+    return [min(max(s_cur - amplitude * i, 0.0), MAX_LAYER_SPARSITY) for i in importance]
+
+
+def _block_params(layer: nn.Module) -> int:
+    return sum(p.numel() for p in layer.parameters())
+
+
+def group_costs(model: nn.Module, layer: nn.Module) -> tuple[int, int, int]:
+    """Parameters removed with one GLU neuron, one query head, one (emptied) KV group of ``layer``."""
+    adapter = adapter_for(model)
+    gate, up, down = adapter.mlp_weights(layer)
+    neuron = gate.shape[1] + up.shape[1] + down.shape[0]
+    if adapter.fused_gate_up:
+        neuron += 2 if adapter.module(layer, "gate").bias is not None else 0
+    else:
+        neuron += sum(adapter.module(layer, n).bias is not None for n in ("gate", "up"))
+    lay = adapter.head_layout(layer)
+    hidden = gate.shape[1]
+    q_bias = adapter.module(layer, "q").bias is not None
+    head = 2 * lay.head_dim * hidden + (lay.head_dim if q_bias else 0)
+    kv = 2 * lay.head_dim * hidden + (2 * lay.head_dim if q_bias else 0)
+    return neuron, head, kv
+
+
+def prune_layer_to(model: nn.Module, idx: int, scores: LayerScores, target_params: float,
+                   prune_heads: bool = True) -> None:
+    """Remove the lowest-score groups of layer ``idx`` until it has ≤ ``target_params`` (see module docstring)."""
+    adapter = adapter_for(model)
+    layer = adapter.layers(model)[idx]
+    current = _block_params(layer)
+    if current <= target_params:
+        return
+    lay = adapter.head_layout(layer)
+    width = adapter.mlp_width(layer)
+    neuron_cost, head_cost, kv_cost = group_costs(model, layer)
+    fixed = current - width * neuron_cost - lay.num_heads * head_cost - lay.num_kv_heads * kv_cost
+    top = torch.sort(scores.mlp.double(), descending=True).values
+    kept_sum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(top, 0)])  # kept_sum[k] = top-k total
+    layouts = ([(m, p) for m in range(1, lay.num_kv_heads + 1) for p in range(1, lay.group_size + 1)]
+               if prune_heads else [(lay.num_kv_heads, lay.group_size)])
+    best = None
+    for m, p in layouts:
+        heads, head_score = best_heads_for(lay, scores.heads, scores.kv, m, p)
+        attn = m * p * head_cost + m * kv_cost
+        k = int((target_params - fixed - attn) // neuron_cost)
+        k = min(max(k, 1), width)
+        params = fixed + attn + k * neuron_cost
+        kept = head_score + float(kept_sum[k])
+        # feasible layouts first, then the most kept score; if none is feasible, the smallest one
+        key = (params <= target_params, kept if params <= target_params else -params)
+        if best is None or key > best[0]:
+            best = (key, heads, k)
+    _, heads, k = best
+    if k < width:
+        prune_mlp_neurons(model, idx, select_neurons(scores.mlp, k))
+    if len(heads) < lay.num_heads:
+        prune_attention_heads(model, idx, heads)
+
+
+def adapt_prune(
+    model: nn.Module,
+    tokenizer=None,
+    ratio: float = 0.4,
+    amplitude: float = 0.02,
+    steps: int = 10,
+    calibration: torch.Tensor | None = None,
+    seed: int = 0,
+    *,
+    prune_heads: bool = True,
+    calibration_samples: int = 128,
+    calibration_seq_len: int = 128,
+    calibration_source: str = "lambada",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> AdaptiveReport:
+    """Adapt-Pruner in place: ``ratio`` = target sparsity of the decoder-block parameters (see module docstring)."""
+    start = time.perf_counter()
+    if not 0.0 < ratio < MAX_LAYER_SPARSITY:
+        raise PrunelabError(f"adaptive ratio (block-parameter sparsity) must be in (0, {MAX_LAYER_SPARSITY}), got {ratio}")
+    if not amplitude >= 0:
+        raise PrunelabError(f"amplitude must be ≥ 0, got {amplitude}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PrunelabError(f"steps must be a positive integer, got {steps!r}")
+    calibration = resolve_calibration(tokenizer, calibration, calibration_samples, calibration_seq_len,
+                                      calibration_source, seed)
+    adapter = adapter_for(model)
+    before = count_parameters(model)
+    orig = [_block_params(layer) for layer in adapter.layers(model)]
+    taylor = CRITERIA.get("taylor")
+    history: list[list[float]] = []
+    targets: list[float] = [0.0] * len(orig)
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=not progress) as prog:
+        task = prog.add_task("adaptive pruning", total=steps)
+        for t in range(1, steps + 1):
+            stats = collect_statistics(model, calibration, gradients=True, layer_similarity=True,
+                                       batch_size=batch_size, progress=False)
+            importance = normalise_importance([-c for c in stats.layer_cos])
+            history.append(importance)
+            targets = layer_targets(importance, ratio * t / steps, amplitude)
+            scores = taylor(model, stats, seed)
+            del stats
+            for i, s_i in enumerate(targets):
+                prune_layer_to(model, i, scores[i], (1.0 - s_i) * orig[i], prune_heads)
+            prog.advance(task)
+    sync_config(model)
+    after = count_parameters(model)
+    layers = adapter.layers(model)
+    now = [_block_params(layer) for layer in layers]
+    layouts = [adapter.head_layout(layer) for layer in layers]
+    return AdaptiveReport(
+        ratio=ratio, amplitude=amplitude, steps=steps, params_before=before.total, params_after=after.total,
+        non_embedding_before=before.non_embedding, non_embedding_after=after.non_embedding,
+        block_params_before=orig, block_params_after=now,
+        layer_sparsity=[1.0 - n / o for n, o in zip(now, orig)], target_sparsity=targets, importance=history,
+        widths_after=[adapter.mlp_width(layer) for layer in layers],
+        heads_after=[lay.num_heads for lay in layouts], kv_heads_after=[lay.num_kv_heads for lay in layouts],
+        seconds=time.perf_counter() - start, calibration_shape=list(calibration.shape),
+    )
+
+
+def plot_sparsity_profile(report: AdaptiveReport, path: str | Path, title: str | None = None) -> Path:
+    """Bar chart of the achieved per-layer sparsity (with the targets and the overall ratio), PNG, atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from prunelab.atomic import atomic_file
+
+    n = len(report.layer_sparsity)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * n + 2), 3.6))
+    ax.bar(range(n), [100 * s for s in report.layer_sparsity], color="#4477aa", label="achieved")
+    ax.plot(range(n), [100 * s for s in report.target_sparsity], "k_", markersize=10, label="target $S_i$")
+    ax.axhline(100 * report.ratio, color="#cc6677", linestyle="--", linewidth=1, label=f"S = {100 * report.ratio:.0f}%")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("parameters removed (%)")
+    ax.set_title(title or f"Adapt-Pruner sparsity profile (A = {report.amplitude:g}, T = {report.steps})")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+@dataclass
+class AblationRow:
+    amplitude: float
+    params: int
+    non_embedding: int
+    sparsity: float
+    perplexity: float
+    seconds: float
+
+
+@dataclass
+class AblationReport:
+    """Amplitude ablation (Adapt-Pruner's A ∈ {0, 0.005, 0.01, 0.02, 0.04}): params and perplexity per A."""
+
+    ratio: float
+    steps: int
+    params_before: int
+    perplexity_before: float
+    ppl_windows: int
+    ppl_seq_len: int
+    rows: list[AblationRow]
+    reports: list[AdaptiveReport] = field(default_factory=list, repr=False)
+
+
+def amplitude_ablation(
+    model: nn.Module,
+    tokenizer,
+    ratio: float = 0.4,
+    amplitudes: list[float] | tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.04),
+    steps: int = 10,
+    calibration: torch.Tensor | None = None,
+    seed: int = 0,
+    *,
+    text: str | None = None,
+    ppl_windows: int = 8,
+    ppl_seq_len: int = 512,
+    progress: bool = True,
+    **kwargs,
+) -> AblationReport:
+    """Run :func:`adapt_prune` on a fresh copy of ``model`` for every amplitude; WikiText-2 perplexity (first
+    ``ppl_windows`` windows of ``ppl_seq_len``, or ``text``) of each. ``model`` itself is not modified."""
+    from prunelab.evaluate.perplexity import perplexity
+
+    if not amplitudes:
+        raise PrunelabError("give at least one amplitude")
+    for a in amplitudes:
+        if not a >= 0:
+            raise PrunelabError(f"amplitude must be ≥ 0, got {a}")
+    if text is None:
+        from prunelab.data import load_wikitext2_text
+
+        text = load_wikitext2_text()
+    calibration = resolve_calibration(tokenizer, calibration, kwargs.pop("calibration_samples", 128),
+                                      kwargs.pop("calibration_seq_len", 128),
+                                      kwargs.pop("calibration_source", "lambada"), seed)
+    base_ppl = perplexity(model, tokenizer, text, seq_len=ppl_seq_len, max_windows=ppl_windows).perplexity
+    rows, reports = [], []
+    for a in amplitudes:
+        work = copy.deepcopy(model)
+        rep = adapt_prune(work, tokenizer, ratio=ratio, amplitude=a, steps=steps, calibration=calibration,
+                          seed=seed, progress=progress, **kwargs)
+        ppl = perplexity(work, tokenizer, text, seq_len=ppl_seq_len, max_windows=ppl_windows).perplexity
+        rows.append(AblationRow(amplitude=a, params=rep.params_after, non_embedding=rep.non_embedding_after,
+                                sparsity=rep.sparsity, perplexity=ppl, seconds=rep.seconds))
+        reports.append(rep)
+        del work
+    return AblationReport(ratio=ratio, steps=steps, params_before=count_parameters(model).total,
+                          perplexity_before=base_ppl, ppl_windows=ppl_windows, ppl_seq_len=ppl_seq_len,
+                          rows=rows, reports=reports)

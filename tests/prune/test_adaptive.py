@@ -1,0 +1,107 @@
+"""Adapt-Pruner: A=0 is uniform pruning, targets are met, GQA stays valid, per-layer save/reload, plot, ablation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prunelab
+from prunelab.errors import PrunelabError
+from prunelab.models import adapter_for, layer_shapes
+from prunelab.prune.adaptive import (
+    adapt_prune,
+    amplitude_ablation,
+    layer_targets,
+    normalise_importance,
+    plot_sparsity_profile,
+)
+from prunelab.prune.width import prune_width
+from tests.tiny import tiny_model, tiny_tokenizer
+
+CAL = torch.randint(3, 120, (4, 16), generator=torch.Generator().manual_seed(1))
+X = torch.randint(3, 120, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def test_normalisation_and_targets():
+    imp = normalise_importance([-0.9, -0.5, -0.7])  # −cos
+    assert sum(imp) == pytest.approx(0.0, abs=1e-12) and max(abs(i) for i in imp) == pytest.approx(1.0)
+    assert imp == pytest.approx([-1.0, 1.0, 0.0])
+    assert normalise_importance([0.3, 0.3]) == [0.0, 0.0]
+    assert layer_targets([-1.0, 1.0, 0.0], 0.4, 0.1) == pytest.approx([0.5, 0.3, 0.4])
+    assert layer_targets([-1.0, 1.0], 0.9, 0.2) == pytest.approx([0.95, 0.7])  # clipped at 0.95
+
+
+def test_a0_reproduces_uniform_taylor_pruning():
+    """A = 0, one step, MLP only: every layer gets the same width and the same neurons as uniform Taylor."""
+    a = tiny_model("llama")
+    rep = adapt_prune(a, ratio=0.3, amplitude=0.0, steps=1, calibration=CAL, prune_heads=False, progress=False)
+    assert len(set(rep.widths_after)) == 1
+    k = rep.widths_after[0]
+    b = tiny_model("llama")
+    uni = prune_width(b, criterion="taylor", ratio=(48 - k) / 48, calibration=CAL, progress=False)
+    assert uni.widths_after == rep.widths_after
+    with torch.no_grad():
+        torch.testing.assert_close(a(input_ids=X).logits, b(input_ids=X).logits, rtol=0, atol=0)
+
+
+def test_a0_progressive_gives_uniform_sparsity(family):
+    model = tiny_model(family)
+    rep = adapt_prune(model, ratio=0.4, amplitude=0.0, steps=3, calibration=CAL, progress=False)
+    assert all(t == pytest.approx(0.4) for t in rep.target_sparsity)
+    # every layer at most at its target, and within one neuron's parameters of it
+    neuron = 3 * 32
+    for after, before in zip(rep.block_params_after, rep.block_params_before):
+        assert 0.6 * before - neuron < after <= 0.6 * before
+
+
+def test_amplitude_shapes_profile_and_gqa_valid(family, tmp_path):
+    model = tiny_model(family)
+    rep = adapt_prune(model, ratio=0.5, amplitude=0.2, steps=2, calibration=CAL, progress=False)
+    imp = rep.importance[-1]
+    # the least important layer (lowest I) gets the highest target sparsity
+    assert rep.target_sparsity[imp.index(min(imp))] == max(rep.target_sparsity)
+    for s, t in zip(rep.layer_sparsity, rep.target_sparsity):
+        assert s >= t - 1e-9  # targets reached (never below)
+    for s in layer_shapes(model):
+        assert s["num_attention_heads"] % s["num_key_value_heads"] == 0
+    # per-layer widths round-trip through prunelab.save / prunelab.load with identical logits
+    prunelab.save(model, tiny_tokenizer(), tmp_path / "m")
+    re = prunelab.load(tmp_path / "m").model
+    assert layer_shapes(re) == layer_shapes(model)
+    with torch.no_grad():
+        torch.testing.assert_close(re(input_ids=X).logits, model(input_ids=X).logits, rtol=1e-5, atol=1e-5)
+    png = plot_sparsity_profile(rep, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heads_can_be_pruned_when_cheap():
+    """A layer whose attention contributes nothing (o_proj zero → Taylor 0) loses heads before neurons."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        for layer in adapter.layers(model):
+            adapter.attention_weights(layer)[3].zero_()
+    rep = adapt_prune(model, ratio=0.3, amplitude=0.0, steps=1, calibration=CAL, progress=False)
+    assert all(h < 4 for h in rep.heads_after)
+
+
+def test_ablation_runs_each_amplitude_on_a_copy():
+    model = tiny_model("llama")
+    before = sum(p.numel() for p in model.parameters())
+    rep = amplitude_ablation(model, tiny_tokenizer(), ratio=0.3, amplitudes=[0.0, 0.1], steps=1, calibration=CAL,
+                             text="the quick brown fox jumps over the lazy dog. " * 10, ppl_windows=2, ppl_seq_len=32,
+                             progress=False)
+    assert [r.amplitude for r in rep.rows] == [0.0, 0.1]
+    assert all(r.params < before and r.perplexity > 1 for r in rep.rows)
+    assert sum(p.numel() for p in model.parameters()) == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(ratio=0.0), "must be in"),
+    (dict(ratio=0.96), "must be in"),
+    (dict(ratio=0.4, amplitude=-1.0), "amplitude"),
+    (dict(ratio=0.4, steps=0), "steps"),
+])
+def test_bad_inputs(kwargs, message):
+    with pytest.raises(PrunelabError, match=message):
+        adapt_prune(tiny_model("llama"), calibration=CAL, progress=False, **kwargs)
