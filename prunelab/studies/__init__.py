@@ -1,0 +1,18 @@
+"""Studies: end-to-end reproductions of published experiments, each one library function + one CLI command.
+
+- :mod:`prunelab.studies.dichotomy` — the width-pruning dichotomy (expansion-ratio sweep × capability battery
+  × efficiency, with Pearson correlations between capability series).
+"""
+
+from prunelab.studies.dichotomy import (
+    BATTERY,
+    DichotomyResult,
+    RatioPoint,
+    correlation_matrix,
+    run_dichotomy,
+    validate_expansion_ratios,
+    write_outputs,
+)
+
+__all__ = ["BATTERY", "DichotomyResult", "RatioPoint", "correlation_matrix", "run_dichotomy",
+           "validate_expansion_ratios", "write_outputs"]
