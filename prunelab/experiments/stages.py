@@ -112,18 +112,18 @@ def real_prepare(model_cfg: dict, pruning: dict, seed: int, cache_dir: Path) -> 
     """Load the model, prune it, and cache the pruned checkpoint in ``cache_dir`` (keyed by hash by the caller)."""
     import time
 
-    import prunelab
     from prunelab.atomic import write_json
+    from prunelab.models import load, save
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     info_path, model_dir = cache_dir / "info.json", cache_dir / "model"
     if pruning["kind"] != "none" and info_path.is_file() and model_dir.is_dir():
-        lm = prunelab.load(str(model_dir), dtype=model_cfg.get("dtype", "auto"))
+        lm = load(str(model_dir), dtype=model_cfg.get("dtype", "auto"))
         info = json.loads(info_path.read_text())
         timings["load"] = time.perf_counter() - t0
         return Prepared(lm.model, lm.tokenizer, info, timings)
-    lm = prunelab.load(model_cfg["source"], dtype=model_cfg.get("dtype", "auto"))
+    lm = load(model_cfg["source"], dtype=model_cfg.get("dtype", "auto"))
     timings["load"] = time.perf_counter() - t0
     original = _structure(lm.model)
     t1 = time.perf_counter()
@@ -131,7 +131,7 @@ def real_prepare(model_cfg: dict, pruning: dict, seed: int, cache_dir: Path) -> 
     timings["prune"] = time.perf_counter() - t1
     info = {**_structure(lm.model), "original": original, "pruning": pruning["kind"], **summary}
     if pruning["kind"] != "none":
-        prunelab.save(lm.model, lm.tokenizer, model_dir, metadata={"pruning": pruning, "seed": seed})
+        save(lm.model, lm.tokenizer, model_dir, metadata={"pruning": pruning, "seed": seed})
         write_json(info_path, info)  # written after the model, so its presence means the cache is complete
     return Prepared(lm.model, lm.tokenizer, info, timings)
 
