@@ -16,10 +16,10 @@ from prunelab.recover.mechanisms import (
     get_mechanism,
     load_mechanisms_yaml,
 )
-from prunelab.recover.train import RecoveryResult, recover, tokenize_records
+from prunelab.recover.train import RecoveryResult, recover, recover_isodose, tokenize_records
 
 __all__ = [
     "IsodosePlan", "MECHANISMS", "Mechanism", "RecoveryResult", "count_trainable_lora_params", "epoch_flops",
     "get_mechanism", "honest_flops", "isodose_epochs", "load_mechanisms_yaml", "parse_reference", "plan_isodose",
-    "recover", "tokenize_records", "train_flops",
+    "recover", "recover_isodose", "tokenize_records", "train_flops",
 ]

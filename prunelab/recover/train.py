@@ -157,6 +157,9 @@ class RecoveryResult:
     seed: int
     merged: bool
     output_dir: str | None = None
+    budget: float | None = None           # isodose budget (6·P·L·N·E of the reference), when one was used
+    reference: str | None = None          # e.g. "ketamine:3"
+    exact_epochs: float | None = None     # budget / (6·P·L·N) before rounding
 
     model = None  # plain attribute (no annotation): excluded from dataclass fields / JSON
 
@@ -293,7 +296,13 @@ def run_trainer(model: nn.Module, tokenizer, dataset: list[dict], *, lr: float, 
         include_num_input_tokens_seen="all",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        use_cache=False,
     )
+    # No KV cache while training (Trainer sets config.use_cache = args.use_cache; we restore it afterwards):
+    # an active cache also makes transformers skip the block-diagonal mask of padding-free (packed) batches,
+    # which would let samples attend to each other.
+    config = getattr(model, "config", None)
+    old_use_cache = getattr(config, "use_cache", None)
     guard = _make_nan_guard(model)
     cbs = [guard, *callbacks]
     steps_estimate = max_steps or math.ceil(math.ceil(len(dataset) / batch_size) / grad_accum * epochs)
@@ -309,6 +318,8 @@ def run_trainer(model: nn.Module, tokenizer, dataset: list[dict], *, lr: float, 
         trainer.train()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if config is not None:
+            config.use_cache = old_use_cache
     seconds = time.perf_counter() - start
     history = [
         {"step": h["step"], "epoch": h.get("epoch"), "loss": float(h["loss"]), "lr": h.get("learning_rate"),
@@ -351,12 +362,13 @@ def recover(model: nn.Module, tokenizer, mechanism: str | Mechanism, records: Se
             seq_len: int = 512, pad_to_max: bool = True, batch_size: int = BATCH_SIZE, grad_accum: int = GRAD_ACCUM,
             seed: int = 0, merge: bool = True, output_dir: str | Path | None = None, max_steps: int | None = None,
             loss_on: str = "all", lr: float | None = None, callbacks: Sequence = (), progress: bool = True,
-            metadata: dict | None = None) -> RecoveryResult:
+            metadata: dict | None = None, isodose: dict | None = None) -> RecoveryResult:
     """Recover ``model`` with a LoRA ``mechanism`` on ``records`` for ``epochs`` epochs (see module docstring).
 
     ``output_dir`` (optional, written atomically): the merged model in HF format at ``output_dir`` itself
     (reload with :func:`prunelab.load`), the adapter in ``output_dir/adapter`` (PEFT format) and the result in
     ``output_dir/recovery.json``. With ``merge=False`` only the adapter and the JSON are written.
+    ``isodose`` (``budget``, ``reference``, ``exact_epochs``) is copied into the result (see :func:`recover_isodose`).
     FLOPs: ``flops = 6·P·L·N·E`` (study) with E the epochs actually trained; ``honest_flops = T·(2F + 6P)``
     with T the tokens actually processed (:mod:`prunelab.recover.isodose`).
     """
@@ -409,7 +421,7 @@ def recover(model: nn.Module, tokenizer, mechanism: str | Mechanism, records: Se
         loss_history=stats.loss_history, initial_loss=losses[0] if losses else float("nan"),
         final_loss=losses[-1] if losses else float("nan"), seconds=stats.seconds,
         tokens_per_second=stats.tokens / stats.seconds if stats.seconds > 0 else 0.0, seed=seed, merged=merge,
-        output_dir=str(out) if out is not None else None,
+        output_dir=str(out) if out is not None else None, **(isodose or {}),
     )
     if out is not None:
         merged = _save_outputs(peft_model, tokenizer, out, result, merge, metadata)
@@ -448,3 +460,34 @@ def _save_outputs(peft_model, tokenizer, out: Path, result: RecoveryResult, merg
     finally:
         shutil.rmtree(adapter_tmp, ignore_errors=True)
     return merged
+
+
+def recover_isodose(model: nn.Module, tokenizer, mechanism: str | Mechanism, records: Sequence[Any],
+                    reference: str | tuple[str, float] = "ketamine:3", epochs: float | None = None,
+                    seq_len: int = 512, pad_to_max: bool = True, strict: bool = False, **kwargs) -> RecoveryResult:
+    """:func:`recover` with epochs solved from an isodose ``reference`` (``"ketamine:3"``: ketamine's
+    ``6·P·L·N·3`` on this model and data is the budget), unless ``epochs`` overrides it.
+
+    A budget below half an epoch of ``mechanism`` is clamped to 1 epoch with a warning (``strict`` raises).
+    """
+    import warnings
+
+    from prunelab.recover.isodose import isodose_epochs, isodose_epochs_exact, parse_reference
+
+    mech = get_mechanism(mechanism)
+    ref_name, ref_epochs = parse_reference(reference) if isinstance(reference, str) else reference
+    ref = get_mechanism(ref_name)
+    n = len(records)
+    if n == 0:
+        raise PrunelabError("no training records given")
+    budget = train_flops(count_trainable_lora_params(model, ref), seq_len, n, ref_epochs)
+    p = count_trainable_lora_params(model, mech)
+    exact = isodose_epochs_exact(budget, p, seq_len, n)
+    if epochs is None:
+        with warnings.catch_warnings():
+            if not strict:
+                warnings.simplefilter("always")
+            epochs = isodose_epochs(budget, p, seq_len, n, strict=strict)
+    info = {"budget": budget, "reference": f"{ref.name}:{ref_epochs:g}", "exact_epochs": exact}
+    return recover(model, tokenizer, mech, records, epochs, seq_len=seq_len, pad_to_max=pad_to_max,
+                   isodose=info, **kwargs)

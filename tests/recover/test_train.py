@@ -122,3 +122,36 @@ def test_bad_inputs():
     with pytest.raises(PrunelabError, match="no training records"):
         recover(model, tok, "ssri", [], epochs=1, progress=False)
     assert not any("lora" in n for n, _ in model.named_parameters())  # validated before wrapping
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "phi3"])
+def test_padding_free_batches_equal_padded_loss(family):
+    """Packed rows (position ids restart per sample) must give the same loss as padded rows: no cross-talk."""
+    from prunelab.recover.train import _collator
+
+    model, tok = tiny_model(family), tiny_tokenizer()
+    recs = [(f"### Instruction:\nsay {w}\n\n### Response:\n", w * k) for w, k in (("ab", 1), ("xyz", 5), ("q", 9))]
+    padded = _collator(True)(tokenize_records(tok, recs, seq_len=64, pad_to_max=True))
+    packed = _collator(False)(tokenize_records(tok, recs, seq_len=64, pad_to_max=False))
+    assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] < 3 * 64
+    with torch.no_grad():
+        a = model(**padded).loss
+        b = model(**packed, use_cache=False).loss  # run_trainer disables the cache (see there)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_training_disables_cache_for_packed_batches():
+    """A training step on packed data sees use_cache=False (else the packed mask is skipped)."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kw):
+            seen.append(model.config.use_cache)
+
+    model = tiny_model("llama")
+    recover(model, tiny_tokenizer(), "ssri", RECORDS[:4], epochs=1, seq_len=80, pad_to_max=False,
+            callbacks=[Spy()], progress=False)
+    assert seen and not any(seen)
+    assert model.config.use_cache is True
