@@ -163,6 +163,10 @@ def plan(spec_path: str | Path) -> tuple[ExperimentSpec, list[Run]]:
     """Load + validate the spec and expand it (no work, no output)."""
     spec = load_spec(spec_path)
     stages = get_stages()
+    try:
+        stages.validate(spec)
+    except PrunelabError as exc:
+        raise PrunelabError(f"{spec_path}: {exc}") from None
     runs = expand(spec, stages.mechanisms())
     return spec, runs
 

@@ -228,7 +228,7 @@ class RelapseSpec(_Strict):
 class ChronicSpec(_Strict):
     cycles: int = Field(8, ge=1)
     step: float = Field(0.1, gt=0.0, lt=1.0)
-    maintenance_epochs: int = Field(3, ge=0)
+    maintenance_epochs: int = Field(3, ge=1)
     tasks: list[str] = Field(default_factory=lambda: ["arc_easy_gen"], min_length=1)
 
     @model_validator(mode="after")

@@ -37,6 +37,8 @@ class Stages:
     relapse: Callable[[Any, float], dict]
     chronic: Callable[[Any, Any, dict, dict, dict, dict, int], list[dict]]
     mechanisms: Callable[[], dict[str, dict]]
+    # checks names (criteria, searches, tasks) before any work; errors name the spec field
+    validate: Callable[[Any], None] = lambda spec: None
 
 
 def add_composite(scores: dict[str, float]) -> dict[str, float]:
@@ -191,20 +193,27 @@ def real_relapse(model: Any, fraction: float) -> dict:
 
 
 def real_chronic(model: Any, tokenizer: Any, mech: dict, ch: dict, training: dict, ev: dict, seed: int) -> list[dict]:
-    from prunelab.atomic import to_jsonable
+    """Chronic stress (``prunelab.stress.chronic``); cycle 0 is the treated model. Maintenance tunes use the
+    ``held_out`` Dolly items (disjoint from the recovery set of the same seed)."""
     from prunelab.data import dolly_split
     from prunelab.stress import chronic
+    from prunelab.stress.chronic import default_tune_fn
 
     split = dolly_split(n_train=training["samples"], n_held_out=training["held_out"], seed=seed)
-    mechanism = _mechanism(mech)
+    if not split.held_out:
+        from prunelab.errors import PrunelabError
 
-    def evaluate_fn(m: Any) -> dict:
-        return real_evaluate(m, tokenizer, {**ev, "tasks": ch["tasks"]}, ch["tasks"])["scores"]
+        raise PrunelabError("training.held_out must be ≥ 1 for chronic stress (maintenance tunes need data)")
+    tasks = list(ch["tasks"])
 
-    rep = chronic(model, tokenizer, mechanism, cycles=ch["cycles"], step=ch["step"],
+    def eval_fn(m: Any, tok: Any) -> dict[str, float]:
+        return real_evaluate(m, tok, ev, tasks)["scores"]
+
+    rep = chronic(model, tokenizer, _mechanism(mech), cycles=ch["cycles"], step=ch["step"],
                   maintenance_epochs=ch["maintenance_epochs"], records=split.held_out, seq_len=training["seq_len"],
-                  pad_to_max=training["pad"], evaluate_fn=evaluate_fn, seed=seed)
-    return _small(to_jsonable(rep)).get("cycles", [])
+                  tasks=tasks, seed=seed, eval_fn=eval_fn,
+                  tune_fn=default_tune_fn(training["seq_len"], seed, pad_to_max=training["pad"]))
+    return [{"cycle": r.cycle, "scores": dict(r.scores), "sparsity": r.sparsity, "loss": r.loss} for r in rep.rows]
 
 
 def real_mechanisms() -> dict[str, dict]:
@@ -213,7 +222,41 @@ def real_mechanisms() -> dict[str, dict]:
     return builtin_mechanisms()
 
 
+def _check(registry: Any, name: str, where: str) -> None:
+    from prunelab.errors import PrunelabError
+
+    try:
+        registry.get(name)
+    except PrunelabError as exc:
+        raise PrunelabError(f"{where}: {exc}") from None
+
+
+def real_validate(spec: Any) -> None:
+    """Every registry name in the spec exists (before any model is loaded)."""
+    from prunelab.evaluate import TASKS, load_tasks
+
+    load_tasks()
+    for i, p in enumerate(spec.pruning):
+        if p.kind == "width":
+            from prunelab.prune.criteria import CRITERIA
+
+            _check(CRITERIA, p.criterion, f"pruning.{i}.criterion")
+        elif p.kind == "depth":
+            from prunelab.prune.depth import OBJECTIVES, SEARCHES
+
+            _check(SEARCHES, p.search, f"pruning.{i}.search")
+            _check(OBJECTIVES, p.objective, f"pruning.{i}.objective")
+    for i, t in enumerate(spec.eval.tasks):
+        _check(TASKS, t, f"eval.tasks.{i}")
+    for t in spec.eval.limits:
+        _check(TASKS, t, f"eval.limits.{t}")
+    if spec.stress.chronic is not None:
+        for i, t in enumerate(spec.stress.chronic.tasks):
+            _check(TASKS, t, f"stress.chronic.tasks.{i}")
+
+
 def real_stages() -> Stages:
     return Stages(prepare=real_prepare, clone=copy.deepcopy,
                   trainable_params=real_trainable_params, recover=real_recover, evaluate=real_evaluate,
-                  relapse=real_relapse, chronic=real_chronic, mechanisms=real_mechanisms)
+                  relapse=real_relapse, chronic=real_chronic, mechanisms=real_mechanisms,
+                  validate=real_validate)

@@ -130,3 +130,17 @@ def test_yaml_errors(tmp_path):
         load_spec(p)
     with pytest.raises(PrunelabError, match="does not exist"):
         load_spec(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("patch, path", [
+    ({"pruning": {"kind": "width", "criterion": "mawww", "ratio": 0.4}}, "pruning.0.criterion"),
+    ({"pruning": {"kind": "depth", "k": 2, "search": "nope"}}, "pruning.0.search"),
+    ({"eval": {"tasks": ["arc_easy_gen", "lambda"]}}, "eval.tasks.1"),
+    ({"stress": {"chronic": {"cycles": 2, "tasks": ["arc"]}}}, "stress.chronic.tasks.0"),
+])
+def test_registry_names_checked_before_work(patch, path):
+    from prunelab.experiments.stages import real_validate
+
+    with pytest.raises(PrunelabError, match=rf"^{path}: unknown"):
+        real_validate(parse_spec(with_(**patch)))
+    real_validate(parse_spec(with_()))  # the valid spec passes
