@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -41,7 +42,7 @@ def _task_list(tasks: str | None) -> list[str] | None:
 def relapse_cmd(
     model: str = ModelArg,
     fraction: float = typer.Option(0.3, "--fraction", help="Share of each decoder linear layer's remaining nonzero weights to prune, in (0, 1)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Directory for the pruned model (HF format, written atomically)."),
+    out: Path = typer.Option(..., "-o", "--output", help="Directory for the pruned model (HF format, written atomically)."),
     eval_tasks: str = typer.Option(None, "--eval-tasks", help=TASKS_HELP + " Evaluated before and after."),
     limit: int = typer.Option(None, "--limit", help="Items per eval task (seeded sample)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the eval samples."),
@@ -69,11 +70,13 @@ def relapse_cmd(
                                                   "overall_sparsity": rep.overall_sparsity})
 
     table = Table(title=f"relapse: L1-magnitude pruning of {fraction:.1%} of the remaining weights per layer")
-    for col in ("layer", "weights", "zeros before", "zeros after", "pruned of remaining", "sparsity"):
-        table.add_column(col, justify="left" if col == "layer" else "right")
+    for col in ("block", "module", "weights", "zeros before", "zeros after", "pruned % of remaining", "sparsity %"):
+        table.add_column(col, justify="left" if col == "module" else "right", overflow="fold")
     for l in rep.layers:
-        table.add_row(l.name, f"{l.numel:,}", f"{l.zeros_before:,}", f"{l.zeros_after:,}",
-                      f"{l.pruned_fraction:.3%}", f"{l.sparsity:.3%}")
+        # block index + leaf name (q_proj, gate_up_proj, ...) keep the table readable at 80 columns
+        m = re.search(r"layers\.(\d+)\.", l.name)
+        table.add_row(m.group(1) if m else "", l.name.rsplit(".", 1)[-1], f"{l.numel:,}", f"{l.zeros_before:,}",
+                      f"{l.zeros_after:,}", f"{100 * l.pruned_fraction:.3f}", f"{100 * l.sparsity:.3f}")
     console.print(table)
     console.print(
         f"{len(rep.layers)} layers; pruned of remaining {rep.min_pruned_fraction:.3%} – {rep.max_pruned_fraction:.3%} "
@@ -92,18 +95,19 @@ def relapse_cmd(
 
 def chronic_cmd(
     model: str = ModelArg,
-    mechanism: str = typer.Option(..., "--mechanism", "-m", help="Recovery mechanism used for maintenance (ketamine, ssri, neurosteroid, or from --mechanisms)."),
+    mechanism: str = typer.Option(..., "--mechanism", "-m", help="Recovery mechanism used for maintenance (ketamine, ssri, neurosteroid, or from --mechanisms-file)."),
     cycles: int = typer.Option(8, "--cycles", help="Number of prune/maintain cycles (≥ 1)."),
     step: float = typer.Option(0.1, "--step", help="Sparsity added per cycle, of the original weight count (cycles·step < 1)."),
     maintenance_epochs: float = typer.Option(3, "--maintenance-epochs", help="Epochs of each maintenance tune (study: 2–5)."),
-    samples: int = typer.Option(100, "--samples", help="Held-out Dolly items for maintenance (disjoint from the 500 recovery items)."),
+    samples: int = typer.Option(100, "--samples", help="Held-out Dolly items for maintenance (disjoint from the --recovery-samples training items)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Maintenance sequence length (padded, as in the study)."),
     tasks: str = typer.Option("arc_easy_gen,lambada_gen", "--tasks", help=TASKS_HELP),
     limit: int = typer.Option(None, "--limit", help="Items per eval task (seeded sample)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Dolly split, LoRA init and eval samples."),
     batch_size: int = typer.Option(8, "--batch-size", help="Eval batch size."),
-    mechanisms_file: Path = typer.Option(None, "--mechanisms", help="YAML file with extra mechanisms."),
-    out: Path = typer.Option(..., "-o", "--out", help="Directory for chronic.{md,csv,json,png} (written atomically)."),
+    recovery_samples: int = typer.Option(500, "--recovery-samples", help="Dolly items the recovery trained on (same --seed); maintenance items come after them, so they are disjoint."),
+    mechanisms_file: Path = typer.Option(None, "--mechanisms-file", help="YAML file with user-defined mechanisms."),
+    out: Path = typer.Option(..., "-o", "--output", help="Directory for chronic.{md,csv,json,png} (written atomically)."),
     save_model: Path = typer.Option(None, "--save-model", help="Also save the final model here."),
     json_out: Path = JsonOpt,
     dtype: str = DtypeOpt,
@@ -122,14 +126,16 @@ def chronic_cmd(
         load_mechanisms_yaml(mechanisms_file)
     mech = get_mechanism(mechanism)
     task_list = _task_list(tasks)
-    for name, value in (("--samples", samples), ("--seq-len", seq_len), ("--maintenance-epochs", maintenance_epochs)):
+    for name, value in (("--samples", samples), ("--recovery-samples", recovery_samples), ("--seq-len", seq_len),
+                        ("--maintenance-epochs", maintenance_epochs)):
         if value <= 0:
             raise PrunelabError(f"{name} must be positive, got {value:g}")
     if limit is not None and limit <= 0:
         raise PrunelabError(f"--limit must be positive, got {limit}")
     lm = _load(model, dtype, device)
-    rep = chronic(lm.model, lm.tokenizer, mech, cycles, step, maintenance_epochs, samples=samples, seq_len=seq_len,
-                  tasks=task_list, limit=limit, seed=seed, batch_size=batch_size)
+    rep = chronic(lm.model, lm.tokenizer, mech, cycles, step, maintenance_epochs, samples=samples,
+                  recovery_samples=recovery_samples, seq_len=seq_len, tasks=task_list, limit=limit, seed=seed,
+                  batch_size=batch_size)
     rep.write(out)
     if save_model is not None:
         from prunelab.models import save
@@ -141,7 +147,7 @@ def chronic_cmd(
     table = Table(title=f"chronic: {mech.name}, {cycles} cycles × {step:.1%}, maintenance {maintenance_epochs:g} "
                         f"epochs on {rep.samples} items × {seq_len} tokens, eval limit {limit or 'all'}")
     for col in header:
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")
     for r in rows:
         table.add_row(*r)
     console.print(table)

@@ -221,6 +221,7 @@ def chronic(
     *,
     records: Sequence[Any] | None = None,
     samples: int = 100,
+    recovery_samples: int = 500,
     seq_len: int = 512,
     tasks: Sequence[str] = DEFAULT_TASKS,
     limit: int | None = None,
@@ -234,7 +235,9 @@ def chronic(
 
     Every input is checked before any work: ``cycles ≥ 1``, ``step ∈ (0, 1)``, ``cycles · step < 1``,
     ``maintenance_epochs > 0``, a known ``mechanism`` whose targets exist in ``model``, known ``tasks``
-    (when ``eval_fn`` is not given), ``samples ≥ 1``. The model is modified in place (a PEFT model is merged
+    (when ``eval_fn`` is not given), ``samples ≥ 1``. Without ``records``, the maintenance set is the
+    ``samples`` Dolly items that follow the ``recovery_samples`` training items in the seeded order
+    (:func:`maintenance_records`), so it is disjoint from what the recovery saw. The model is modified in place (a PEFT model is merged
     first); the final model is ``report.model``. ``primary`` (for the curve) is the first task's score.
     """
     from prunelab.recover.mechanisms import get_mechanism, lora_target_linears
@@ -258,7 +261,7 @@ def chronic(
     if records is None:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
             raise PrunelabError(f"maintenance samples must be a positive integer, got {samples!r}")
-        records = maintenance_records(samples, seed)
+        records = maintenance_records(samples, seed, n_train=recovery_samples)
     records = list(records)
     if not records:
         raise PrunelabError("no maintenance records given")
