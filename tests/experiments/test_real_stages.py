@@ -1,0 +1,54 @@
+"""The real stage wiring (prune → isodose recover → evaluate → relapse → chronic → store → report) on a tiny
+random Llama saved to disk, so the whole pipeline runs with the library's own functions in seconds."""
+
+import pytest
+import yaml
+
+from prunelab.experiments import Store, run_experiment
+from prunelab.report import build_report
+from tests.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    from prunelab.models import save
+
+    out = tmp_path / "tiny-llama"
+    save(tiny_model("llama", max_position_embeddings=256), tiny_tokenizer(), out)
+    return out
+
+
+def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.delenv("PRUNELAB_STAGES", raising=False)
+    spec = tmp_path / "e.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "tiny", "note": "tiny random model",
+        "models": [{"source": str(tiny_dir), "name": "tiny"}],
+        "pruning": {"kind": "width", "criterion": "maw", "ratio": 0.5},
+        "mechanisms": ["ketamine", "ssri"],
+        "isodose": "ketamine:1",
+        "training": {"samples": 4, "held_out": 2, "seq_len": 32, "batch_size": 2, "grad_accum": 1},
+        "seeds": [0],
+        "stress": {"relapse": {"fraction": 0.3}, "chronic": {"cycles": 1, "step": 0.1, "maintenance_epochs": 1}},
+        "eval": {"tasks": ["arc_easy_gen", "lambada_gen"], "limit": 2, "batch_size": 2},
+    }))
+    db = tmp_path / "r.sqlite"
+    summary = run_experiment(spec, db, fail_fast=True)
+    assert (summary.completed, summary.failed) == (3, 0)
+    with Store(db) as s:
+        runs = {r.mechanism or "base": r for r in s.runs()}
+    base, ket, ssri = runs["base"], runs["ketamine"], runs["ssri"]
+    assert base.metrics["model"]["layer_widths"] == [24] * 4  # GLU 48 → 50% pruned
+    assert set(base.metrics["eval"]["scores"]) == {"arc_easy_gen", "lambada_gen", "composite"}
+    assert base.metrics["eval"]["n"] == {"arc_easy_gen": 2, "lambada_gen": 2}
+    # isodose: ssri trains round(P_ket / P_ssri) epochs; both runs' 6·P·L·N·E within half an ssri epoch
+    kp, sp = ket.metrics["training"]["trainable_params"], ssri.metrics["training"]["trainable_params"]
+    assert ssri.metrics["training"]["epochs"] == max(1, round(kp / sp))
+    assert abs(ssri.flops - ket.flops) <= 0.5 * 6 * sp * 32 * 4
+    assert ket.metrics["training"]["honest_flops"] > ket.flops
+    assert "composite" in ket.metrics["relapse"]["eval"]["scores"]
+    assert [c["cycle"] for c in ket.metrics["chronic"]["cycles"]] == [0, 1]
+    # pruned once, cached by hash in the work dir
+    assert len(list((tmp_path / "r.sqlite.work" / "pruned").iterdir())) == 1
+    rep = build_report(db, tmp_path / "rep")
+    assert any(t.startswith("Table 4") for t in rep.tables)
