@@ -1,5 +1,6 @@
 """Recovery: LoRA mechanisms (ketamine / ssri / neurosteroid / YAML), isodose budgets, Adapt-Accel."""
 
+from prunelab.recover.accel import AccelPhase, AccelResult, accel
 from prunelab.recover.isodose import (
     IsodosePlan,
     epoch_flops,
@@ -19,7 +20,7 @@ from prunelab.recover.mechanisms import (
 from prunelab.recover.train import RecoveryResult, recover, recover_isodose, tokenize_records
 
 __all__ = [
-    "IsodosePlan", "MECHANISMS", "Mechanism", "RecoveryResult", "count_trainable_lora_params", "epoch_flops",
+    "AccelPhase", "AccelResult", "IsodosePlan", "accel", "MECHANISMS", "Mechanism", "RecoveryResult", "count_trainable_lora_params", "epoch_flops",
     "get_mechanism", "honest_flops", "isodose_epochs", "load_mechanisms_yaml", "parse_reference", "plan_isodose",
     "recover", "recover_isodose", "tokenize_records", "train_flops",
 ]

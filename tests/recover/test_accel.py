@@ -143,3 +143,44 @@ def test_accel_bad_input(kw, msg):
     with pytest.raises(PrunelabError, match=msg):
         accel(model, tiny_tokenizer(), RECORDS, **{"phases": 2, **kw}, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_cli_accel(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import prunelab
+    from prunelab.cli import app
+
+    src = tmp_path / "tiny"
+    prunelab.save(tiny_model("llama"), tiny_tokenizer(), src)
+    js = tmp_path / "a.json"
+    result = CliRunner().invoke(app, ["accel", str(src), "--target-ratio", "0.5", "--phases", "2", "--samples", "6",
+                                      "--seq-len", "48", "--criterion", "l2", "--mode", "full", "--batch-size", "2",
+                                      "--grad-accum", "1", "-o", str(tmp_path / "out"), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["shares"] == [2, 4] and data["total_steps"] == 1 + 2
+    assert [p["widths_after"][0] for p in data["phase_results"]] == [round(48 * 0.5 ** 0.5), 24]
+    assert prunelab.load(tmp_path / "out").model.model.layers[0].mlp.down_proj.in_features == 24
+    assert "phase 1" in result.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--target-ratio", "1.5"], "--target-ratio must be in"),
+    (["--phases", "0"], "at least one phase"),
+    (["--mode", "half"], "--mode must be"),
+    (["--pruner", "magic"], "unknown pruner"),
+    (["-c", "nope"], "unknown width criterion"),
+    (["--samples", "2", "--phases", "3"], "too few"),
+])
+def test_cli_accel_bad_input(tmp_path, args, msg):
+    from typer.testing import CliRunner
+
+    from prunelab.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["accel", "/no/such/model", "-o", str(out), *args])
+    assert isinstance(result.exception, PrunelabError) and msg in str(result.exception), result.output
+    assert not out.exists()
