@@ -1,8 +1,10 @@
 """Token-level perplexity over non-overlapping windows (WikiText-2 / C4 / any text).
 
-``ppl = exp( Σ NLL / Σ predicted tokens )`` where the text is tokenised once, cut into windows of
-``seq_len`` tokens (``stride`` < seq_len gives overlapping windows that score only their new tokens, the
-HF "sliding window" recipe), and every token but the first of the text is predicted exactly once.
+``ppl = exp( Σ NLL / Σ predicted tokens )`` where the text is tokenised once and cut into windows of
+``seq_len`` tokens. With the default ``stride = seq_len`` the windows do not overlap and each predicts its
+tokens but its first (which has no context inside the window) — the usual pruning-literature protocol,
+here keeping the final partial window. ``stride < seq_len`` gives overlapping windows that score only
+their new tokens (the HF "sliding window" recipe); then every token but the text's first is predicted once.
 """
 
 from __future__ import annotations

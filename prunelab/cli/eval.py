@@ -1,0 +1,85 @@
+"""``prunelab eval MODEL --tasks a,b --limit N``: accuracy / perplexity tasks, as a table and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, load_model
+
+
+def eval_cmd(
+    model: str = ModelArg,
+    tasks: str = typer.Option("arc_easy,arc_easy_gen,lambada_gen,wikitext2", "--tasks", "-t",
+                              help="Comma-separated task names, or 'all'."),
+    limit: int = typer.Option(None, "--limit", "-n", help="Items per task (seeded sample); windows for wikitext2/c4."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the item sample."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Items per forward pass."),
+    backend: str = typer.Option("prunelab", "--backend", help="prunelab (fast, built in) or lm-eval (the harness, local data)."),
+    json_out: Path = JsonOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Evaluate MODEL on tasks; accuracies in percent, perplexities raw; results name the exact items used."""
+    from prunelab.errors import PrunelabError
+
+    if limit is not None and limit <= 0:
+        raise PrunelabError(f"--limit must be a positive number of items, got {limit}")
+    if batch_size <= 0:
+        raise PrunelabError(f"--batch-size must be positive, got {batch_size}")
+    if backend not in ("prunelab", "lm-eval"):
+        raise PrunelabError(f"unknown backend '{backend}'; known: prunelab, lm-eval")
+    if backend == "prunelab":
+        from prunelab.evaluate import resolve_tasks
+
+        names = resolve_tasks(tasks)
+    else:
+        from prunelab.evaluate.lmeval_bridge import BRIDGE_TASKS
+
+        names = list(BRIDGE_TASKS) if tasks.strip() == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+        for n in names or [""]:
+            if n not in BRIDGE_TASKS:
+                raise PrunelabError(f"unknown lm-eval bridge task '{n}'; known: {', '.join(BRIDGE_TASKS)}")
+    lm = load_model(model, dtype, device)
+    report = _run(lm, names, limit, seed, batch_size, backend)
+    table = Table(title=f"{lm.source} — limit {limit if limit is not None else 'all'}, seed {seed} ({backend})")
+    for col in ("task", "score", "metrics", "n", "seconds"):
+        table.add_column(col, justify="left" if col in ("task", "metrics") else "right")
+    for name, r in report.results.items():
+        others = ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items() if k != r.primary and "stderr" not in k)
+        table.add_row(name, f"{r.primary} {r.score:.2f}", others, str(r.n), f"{r.seconds:.1f}")
+    console.print(table)
+    emit_json({"model": lm.source, "backend": backend, **_jsonable(report)}, json_out)
+
+
+def _run(lm, names, limit, seed, batch_size, backend):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if backend == "lm-eval":
+        from prunelab.evaluate.lmeval_bridge import lmeval_evaluate
+
+        with err_console.status(f"lm-eval: {', '.join(names)} ..."):
+            return lmeval_evaluate(lm.model, lm.tokenizer, names, limit=limit, seed=seed, batch_size=batch_size)
+    from prunelab.evaluate import evaluate
+
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        def update(task: str, done: int, total: int) -> None:
+            if task not in bars:
+                bars[task] = progress.add_task(task, total=total)
+            progress.update(bars[task], completed=done, total=total)
+
+        return evaluate(lm.model, lm.tokenizer, names, limit=limit, seed=seed, batch_size=batch_size, progress=update)
+
+
+def _jsonable(report) -> dict:
+    from prunelab.atomic import to_jsonable
+
+    return to_jsonable(report)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
