@@ -238,6 +238,9 @@ def run_experiment(spec_path: str | Path, db: str | Path, work_dir: str | Path |
                                   _meta(spec, run))
                     completed += 1
                     progress.update(task, advance=1, status=f"{run.label}: stored")
+                    spent = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if v >= 0.5)
+                    progress.console.print(f"[green]stored[/] {run.label} ({time.time() - started:.0f}s: {spent})",
+                                           highlight=False)
         return RunSummary(experiment=spec.name, db=str(db), total=len(runs), already_stored=len(done),
                           completed=completed, failed=len(failures), seconds=time.perf_counter() - t0,
                           failures=failures, work_dir=str(work))

@@ -411,6 +411,18 @@ def render_markdown(tables: list[Table], omitted: list[Omitted], data: Data, hea
     return "\n".join(parts)
 
 
+def runs_appendix(runs: list[RunRecord]) -> str:
+    """A list of the runs behind the tables: what, dose, wall time, config hash."""
+    lines = ["## Runs", "", "| Model | Pruning | Treatment | Seed | Epochs | FLOPs | Wall (s) | Hash |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in runs:
+        ep = r.metrics.get("training", {}).get("epochs")
+        lines.append(f"| {r.model} | {r.pruning} | {r.mechanism or 'untreated'} | {r.seed} | "
+                     f"{'' if ep is None else ep} | {fmt_flops(r.flops) if r.flops else ''} | "
+                     f"{r.finished_at - r.started_at:.0f} | `{r.hash}` |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(db, out_dir, experiment: str | None = None, figures: bool = True):
     """See :func:`prunelab.report.build_report`."""
     import json
@@ -432,7 +444,8 @@ def write_report(db, out_dir, experiment: str | None = None, figures: bool = Tru
             f"(a single seed shows the mean only).\n"
     files, figs = [], []
     with atomic_dir(out_dir) as tmp:
-        (tmp / "tables.md").write_text(render_markdown(tables, omitted, data, title), encoding="utf-8")
+        (tmp / "tables.md").write_text(render_markdown(tables, omitted, data, title) + "\n" + runs_appendix(runs),
+                                       encoding="utf-8")
         files.append("tables.md")
         for t in tables:
             name = f"table{t.number}_{t.slug}.csv"
