@@ -92,9 +92,11 @@ def _prune(lm: Any, pruning: dict, seed: int) -> dict[str, Any]:
         from prunelab.models import remove_layers
         from prunelab.prune.depth import search_blocks
 
-        calib = _calibration(lm.tokenizer, pruning["calibration"], seed)
+        cal = pruning["calibration"]
         res = search_blocks(lm.model, k=pruning["k"], objective=pruning["objective"], search=pruning["search"],
-                            calibration=calib, seed=seed)
+                            seed=seed, tokenizer=lm.tokenizer,
+                            calibration_options={"n_samples": cal["samples"], "seq_len": cal["seq_len"],
+                                                 "source": cal["source"]})
         removed = sorted(int(i) for i in res.removed)
         remove_layers(lm.model, removed)
         return {"removed_layers": removed, "objective_value": float(res.objective_value),

@@ -52,3 +52,15 @@ def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
     assert len(list((tmp_path / "r.sqlite.work" / "pruned").iterdir())) == 1
     rep = build_report(db, tmp_path / "rep")
     assert any(t.startswith("Table 4") for t in rep.tables)
+
+
+def test_real_depth_pruning_stage(tmp_path, tiny_dir):
+    from prunelab.experiments.stages import real_prepare
+
+    pruning = {"kind": "depth", "name": "d", "k": 1, "search": "one-shot", "objective": "perplexity",
+               "calibration": {"source": "wikitext2", "samples": 2, "seq_len": 16}}
+    prep = real_prepare({"source": str(tiny_dir), "name": "tiny"}, pruning, 0, tmp_path / "cache")
+    assert prep.info["num_layers"] == 3 and len(prep.info["removed_layers"]) == 1
+    assert prep.info["original"]["num_layers"] == 4
+    again = real_prepare({"source": str(tiny_dir), "name": "tiny"}, pruning, 0, tmp_path / "cache")
+    assert again.info == prep.info and "prune" not in again.timings  # reloaded from the cache
