@@ -91,7 +91,8 @@ def run_multiple_choice(task: str, items: list[MCItem], model, tokenizer, limit:
         acc_norm.append(float(pred_norm == it.answer))
         preds.append(pred)
     n = len(chosen)
-    metrics = {"acc": 100.0 * sum(acc) / n, "acc_norm": 100.0 * sum(acc_norm) / n,
+    # 100·mean (not 100·sum/n) so the floats are bit-identical to lm-eval's mean converted to percent
+    metrics = {"acc": 100.0 * (sum(acc) / n), "acc_norm": 100.0 * (sum(acc_norm) / n),
                "acc_stderr": percent_stderr(acc), "acc_norm_stderr": percent_stderr(acc_norm)}
     return TaskResult(task=task, metrics=metrics, primary=primary, n=n, item_ids=[it.id for it in chosen],
                       seconds=time.perf_counter() - start,

@@ -1,0 +1,44 @@
+"""prunelab's own scoring equals lm-evaluation-harness's on the same items and model (through the bridge)."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunelab.evaluate import evaluate
+from prunelab.evaluate.lmeval_bridge import BRIDGE_TASKS, lmeval_evaluate, sample_indices
+from tests.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model():
+    # ARC contexts are ~100-300 characters = tokens for the character-level tiny tokenizer
+    return tiny_model("llama", max_position_embeddings=1024, seed=1)
+
+
+@pytest.mark.parametrize("names", [["arc_easy"], ["winogrande", "lambada"]])
+def test_prunelab_equals_lm_eval(model, names):
+    tok = tiny_tokenizer()
+    ours = evaluate(model, tok, names, limit=8, seed=5, batch_size=4)
+    theirs = lmeval_evaluate(model, tok, names, limit=8, seed=5, batch_size=4)
+    for name in names:
+        a, b = ours.results[name], theirs.results[name]
+        assert a.item_ids == b.item_ids and b.n == 8
+        for metric, value in b.metrics.items():
+            key = "ppl" if metric == "perplexity" else metric
+            assert a.metrics[key] == pytest.approx(value, rel=1e-4), (name, metric)  # acc/acc_norm: identical
+        ours_ll = a.details["loglikelihoods"]
+        ours_ll = [[x] for x in ours_ll] if name == "lambada" else ours_ll
+        for u, v in zip(ours_ll, b.details["loglikelihoods"]):
+            assert u == pytest.approx(v, abs=1e-3)
+    if "arc_easy" in names:
+        r = ours.results["arc_easy"].metrics, theirs.results["arc_easy"].metrics
+        assert r[0]["acc"] == r[1]["acc"] and r[0]["acc_norm"] == r[1]["acc_norm"]
+
+
+def test_same_items_as_prunelab_sample():
+    from prunelab.data import load_arc, seeded_sample
+
+    idx = sample_indices("arc_easy", 7, 2)
+    items = load_arc("easy")
+    assert [items[i].id for i in idx] == [it.id for it in seeded_sample(items, 7, 2)]
+    assert set(BRIDGE_TASKS) >= {"arc_easy", "arc_challenge", "hellaswag", "piqa", "boolq", "winogrande"}
