@@ -129,7 +129,7 @@ class Data:
 
 def collect(runs: list[RunRecord]) -> Data:
     baselines: dict[tuple[str, str], dict[int, dict[str, float]]] = defaultdict(dict)
-    arms: dict[tuple[str, str, str], Arm] = {}
+    arms: dict[tuple[str, str, str, bool], Arm] = {}
     group_pos: dict[tuple[str, str], int] = {}
     descriptions: dict[str, str] = {}
     tasks: list[str] = []
@@ -151,7 +151,8 @@ def collect(runs: list[RunRecord]) -> Data:
             structures.setdefault(g, rec.metrics.get("model", {}))
             continue
         mech = rec.config["mechanism"]
-        key = (rec.model, rec.pruning, rec.mechanism)
+        # a rank-sweep arm and a treatment may share a name (ketamine-r32 in rank-sweep.yaml and transfer.yaml)
+        key = (rec.model, rec.pruning, rec.mechanism, bool(mech.get("sweep")))
         arm = arms.get(key)
         if arm is None:
             arm = arms[key] = Arm(rec.model, rec.pruning, rec.mechanism, mech.get("r"), bool(mech.get("sweep")),
@@ -355,7 +356,8 @@ def table6(data: Data) -> Table | Omitted:
     title = "Generalization Across Models (Mean ± SD Across Seeds Where Applicable)"
     by_mech: dict[str, list[Arm]] = defaultdict(list)
     for a in data.arms:
-        by_mech[a.mechanism].append(a)
+        if not a.sweep:
+            by_mech[a.mechanism].append(a)
     shared = {m: arms for m, arms in by_mech.items() if len({(a.model, a.pruning) for a in arms}) > 1}
     if not shared:
         return Omitted(6, title, "needs the same mechanism on more than one model / pruning")
