@@ -316,6 +316,7 @@ def run_dichotomy(
     prune_fn: PruneFn | None = None,
     efficiency_fn: EfficiencyFn | None = None,
     progress: ProgressFn | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> DichotomyResult:
     """Prune a fresh copy of ``model`` to each expansion ratio, evaluate the battery, measure efficiency.
 
@@ -324,7 +325,8 @@ def run_dichotomy(
     :func:`prunelab.evaluate.generative_tasks.generation_settings` (IFEval / GSM8K budgets). ``evaluate_fn``,
     ``prune_fn`` and ``efficiency_fn`` default to the library's own and exist so tests can inject fast
     fakes; ``efficiency_kwargs`` go to :func:`prunelab.evaluate.efficiency.measure_efficiency`.
-    ``progress(message, steps_done, steps_total)`` is called before each step and as items finish.
+    ``progress(message, steps_done, steps_total)`` is called before each step and as items finish; ``log(line)``
+    after each finished task.
     Every input is validated before any work.
     """
     from prunelab.evaluate.generative_tasks import generation_settings
@@ -408,6 +410,9 @@ def run_dichotomy(
                 scores[t] = float(res.metrics[res.primary])
                 metrics[t] = {k: float(v) for k, v in res.metrics.items()}
                 task_seconds[t] = float(getattr(res, "seconds", 0.0))
+                if log:
+                    log(f"e={ratio:.4g} (I={width}) {t}: {scores[t]:.3f} [{res.primary}, n={res.n}, "
+                        f"{task_seconds[t]:.0f}s]")
             eff: dict[str, Any] = {}
             if efficiency and efficiency_fn is not None:
                 say(f"e={ratio:g}: efficiency")
