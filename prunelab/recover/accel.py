@@ -307,6 +307,7 @@ def accel(model: nn.Module, tokenizer, records: Sequence[Any], target_ratio: flo
         if widths != plan[i]:
             raise PrunelabError(f"phase {i}: the pruner left MLP widths {widths[:4]}…, expected {plan[i][:4]}…")
 
+        base_f = base_forward_flops_per_token(model, seq_len)  # before LoRA layers are injected
         set_seed(seed + i)
         if mode == "lora":
             train_model = get_peft_model(model, lora_config(model, mech))
@@ -317,7 +318,6 @@ def accel(model: nn.Module, tokenizer, records: Sequence[Any], target_ratio: flo
         params = [p for p in train_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=max_lr, weight_decay=0.0)
         scheduler = wsd_scheduler(optimizer, offset, total_steps, max_lr, min_lr, warmup, decay)
-        base_f = base_forward_flops_per_token(model, seq_len)
         trainable = sum(p.numel() for p in params)
         stats = run_trainer(train_model, tokenizer, datasets[i], lr=max_lr, epochs=1, pad_to_max=pad_to_max,
                             batch_size=batch_size, grad_accum=grad_accum, seed=seed + i,

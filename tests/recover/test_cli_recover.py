@@ -116,3 +116,13 @@ def test_cli_bad_yaml_r0_exit_2(saved_pruned, tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "rank r must be a positive integer" in lines[0]
+
+
+def test_cli_budget_below_one_epoch_is_reported_and_clamped(saved_pruned, tmp_path):
+    js = tmp_path / "r.json"
+    result = runner.invoke(app, ["recover", str(saved_pruned), "-m", "ketamine", "--isodose-ref", "ssri:1",
+                                 "--samples", "4", "--seq-len", "32", "-o", str(tmp_path / "o"), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert "clamped to 1 epoch" in result.output and "of one epoch" in result.output
+    data = json.loads(js.read_text())
+    assert data["epochs"] == 1 and data["exact_epochs"] < 0.5 and data["flops"] > data["budget"]
