@@ -509,7 +509,9 @@ def capability_rows(result: DichotomyResult) -> tuple[list[str], list[list[Any]]
 def efficiency_rows(result: DichotomyResult) -> tuple[list[str], list[list[Any]]]:
     keys = list(dict.fromkeys(k for p in result.points for k in p.efficiency))
     header = ["expansion_ratio", "intermediate_size"] + keys
-    rows = [[round(p.expansion_ratio, 6), p.intermediate_size] + [p.efficiency.get(k) for k in keys]
+    rows = [[round(p.expansion_ratio, 6), p.intermediate_size]
+             + [p.efficiency.get(k) if p.efficiency.get(k) is not None or not k.startswith("energy") else "unavailable"
+                for k in keys]
             for p in result.points]
     return header, rows
 
@@ -554,7 +556,12 @@ def write_outputs(result: DichotomyResult, out_dir: str | Path) -> list[Path]:
 
         eh, er = efficiency_rows(result)
         (tmp / "efficiency.md").write_text(
-            "# Efficiency per expansion ratio\n\nTimings are measurements (they vary between runs).\n\n"
+            "# Efficiency per expansion ratio\n\nTimings are measurements (they vary between runs)."
+            + (" Peak memory is the process's peak RSS, which only grows within one process: later (smaller) "
+               "ratios inherit the largest earlier peak." if any(p.efficiency.get("memory_kind") == "process_rss_peak"
+                                                                 for p in result.points) else "")
+            + ("" if result.points and result.points[0].efficiency else " Efficiency was not measured.")
+            + "\n\n"
             + _md_table(eh, [[_fmt(v, 4) for v in r] for r in er]), encoding="utf-8")
         (tmp / "efficiency.csv").write_text(_csv(eh, er), encoding="utf-8")
         (tmp / "efficiency.json").write_text(json.dumps(to_jsonable([dict(zip(eh, r)) for r in er]), indent=2) + "\n",

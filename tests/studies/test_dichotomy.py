@@ -250,6 +250,19 @@ def test_pipeline_with_real_tasks_on_tiny_model():
     assert res.settings["gsm8k_shots"] == 0 and res.limits == dict.fromkeys(res.tasks, 2)
 
 
+def test_pipeline_with_library_efficiency(tmp_path):
+    res = d.run_dichotomy(tiny_model("llama"), tiny_tokenizer(), [1.0], tasks=["arc_challenge"], limit=2,
+                          evaluate_fn=fake_evaluate, efficiency_kwargs={"new_tokens": 2, "batch_size": 2})
+    dense, pruned = (p.efficiency for p in res.points)
+    assert dense["params_total"] == res.points[0].params > pruned["params_total"] == res.points[1].params
+    assert pruned["flops_per_token"] < dense["flops_per_token"] and pruned["latency_s"] > 0
+    d.write_outputs(res, tmp_path / "out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "efficiency.csv")))
+    assert len(rows) == 2 and rows[0]["throughput_tok_s"]
+    if dense["energy_j_per_token"] is None:
+        assert rows[0]["energy_j_per_token"] == "unavailable"
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 runner = CliRunner()
 
