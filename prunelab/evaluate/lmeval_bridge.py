@@ -137,8 +137,7 @@ def sample_indices(name: str, limit: int | None, seed: int) -> list[int]:
 
 def item_ids(name: str, indices: list[int]) -> list[str]:
     """The prunelab item ids of those rows (so results name the same items as prunelab's tasks)."""
-    from prunelab.evaluate import TASKS, load_tasks  # noqa: F401
-    from prunelab.data import (load_arc, load_boolq, load_hellaswag, load_lambada, load_piqa, load_winogrande)
+    from prunelab.data import load_arc, load_boolq, load_hellaswag, load_lambada, load_piqa, load_winogrande
 
     loaders = {"arc_easy": lambda: load_arc("easy"), "arc_challenge": lambda: load_arc("challenge"),
                "piqa": load_piqa, "boolq": load_boolq, "hellaswag": load_hellaswag, "winogrande": load_winogrande,
