@@ -42,3 +42,17 @@ def test_same_items_as_prunelab_sample():
     items = load_arc("easy")
     assert [items[i].id for i in idx] == [it.id for it in seeded_sample(items, 7, 2)]
     assert set(BRIDGE_TASKS) >= {"arc_easy", "arc_challenge", "hellaswag", "piqa", "boolq", "winogrande"}
+
+
+def test_bridge_runs_a_per_layer_pruned_model():
+    """Non-uniform widths (one layer's MLP pruned, another removed) go through HFLM and still agree."""
+    from prunelab.models.surgery import prune_mlp_neurons, remove_layers
+
+    model = tiny_model("llama", max_position_embeddings=1024, seed=2)
+    prune_mlp_neurons(model, 1, list(range(0, 48, 3)))
+    remove_layers(model, [3])
+    tok = tiny_tokenizer()
+    ours = evaluate(model, tok, ["piqa"], limit=5, seed=0).results["piqa"]
+    theirs = lmeval_evaluate(model, tok, ["piqa"], limit=5, seed=0).results["piqa"]
+    assert ours.metrics["acc"] == theirs.metrics["acc"] and ours.metrics["acc_norm"] == theirs.metrics["acc_norm"]
+    assert ours.item_ids == theirs.item_ids
