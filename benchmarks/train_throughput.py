@@ -3,8 +3,10 @@
 On smollm2-135m pruned 40 % (uniform width pruning, ``maw``), the same Dolly batch (``--samples`` × ``--seq-len``
 tokens, padded, batch 4) is trained for ``--epochs`` with the same LoRA mechanism, seed and learning rate:
 
-* **plain**: ``peft.get_peft_model`` + ``transformers.Trainer`` with ``DataCollatorForLanguageModeling`` over
-  ``tokenizer(prompt + response + eos, padding="max_length")`` — what one writes by hand;
+* **plain**: ``peft.get_peft_model`` + ``transformers.Trainer`` + ``datasets.map`` over
+  ``tokenizer(prompt + response + eos, padding="max_length")`` with labels = ids where the attention mask is 1
+  — what one writes by hand (the stock ``DataCollatorForLanguageModeling`` would also mask the real final EOS,
+  because SmolLM2 pads with EOS, and the curves would differ by that token);
 * **prunelab**: :func:`prunelab.recover.recover` (the path ``prunelab recover`` uses).
 
 Both are timed in this run (machine noise hits both); the ratio prunelab/plain of training tokens/s is
@@ -31,15 +33,21 @@ def plain_peft_trainer(model, tokenizer, records, mechanism, seq_len, epochs, ba
     """The hand-written baseline: PEFT + Trainer + the stock causal-LM collator."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from prunelab.data import format_example
 
     texts = [p + r + tokenizer.eos_token for p, r in (format_example(rec) for rec in records)]
-    ds = Dataset.from_dict({"text": texts}).map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=seq_len, padding="max_length"),
-        batched=True, remove_columns=["text"])
+    def encode(batch):
+        enc = tokenizer(batch["text"], truncation=True, max_length=seq_len, padding="max_length")
+        # labels from the attention mask: DataCollatorForLanguageModeling masks every pad-id token, and
+        # SmolLM2 pads with its EOS, so it would also drop the real trailing EOS that prunelab trains on.
+        enc["labels"] = [[t if m else -100 for t, m in zip(ids, mask)]
+                         for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
+        return enc
+
+    ds = Dataset.from_dict({"text": texts}).map(encode, batched=True, remove_columns=["text"])
     set_seed(seed)
     cfg = LoraConfig(r=mechanism.r, lora_alpha=mechanism.alpha, lora_dropout=mechanism.dropout,
                      target_modules=mechanism.target_modules(model), task_type="CAUSAL_LM")
@@ -50,7 +58,7 @@ def plain_peft_trainer(model, tokenizer, records, mechanism, seq_len, epochs, ba
                              optim="adamw_torch", seed=seed, data_seed=seed, logging_steps=1, save_strategy="no",
                              report_to="none", use_cpu=True, disable_tqdm=True, include_num_input_tokens_seen="all")
     trainer = Trainer(model=peft_model, args=args, train_dataset=ds,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+                      data_collator=default_data_collator)
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     trainer.train()
