@@ -93,7 +93,8 @@ def dichotomy_cmd(
             batch_size=batch_size, round_to=round_to, efficiency=efficiency, efficiency_kwargs=eff_kw,
             generation={"ifeval_max_new_tokens": ifeval_tokens, "gsm8k_max_new_tokens": gsm8k_tokens,
                         "gsm8k_shots": gsm8k_shots, "chat_template": chat_template},
-            model_name=lm.source, progress=progress, log=lambda line: bar.console.print(line, highlight=False))
+            model_name=lm.source, progress=progress,
+            log=lambda line: bar.console.print(line, highlight=False, markup=False, soft_wrap=True))
     write_outputs(result, out)
     console.print((out / "table.md").read_text(encoding="utf-8"))
     for t, why in result.absent.items():

@@ -371,6 +371,8 @@ def run_dichotomy(
         eff_kw = dict(efficiency_kwargs or {})
         efficiency_fn = lambda m, t: measure_efficiency(m, t, **eff_kw)  # noqa: E731
     gen = dict(generation or {})
+    with generation_settings(**gen):  # validates the generation settings now, before any work
+        pass
 
     # data presence: a task whose data is absent is reported as absent, never silently skipped
     absent: dict[str, str] = {}

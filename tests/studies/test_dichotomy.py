@@ -301,3 +301,22 @@ def test_cli_runs_and_writes(saved_tiny, tmp_path, monkeypatch):
     assert data["limits"] == {"arc_challenge": 2, "truthfulqa_mc2": 2, "ifeval": 1, "gsm8k": 1}
     assert (out / "correlations.png").exists() and (out / "table.csv").exists()
     assert not math.isnan(data["task_correlations"][0]["r"])
+
+
+# ------------------------------------------------------------------------------------------------ real model
+@pytest.mark.real_model
+def test_real_smollm2_sweep_rejects_own_ratio_and_prunes():
+    """SmolLM2-135M: own ratio 1536/576; 3.2 is rejected; one pruned point with two real tasks, chat-templated
+    IFEval, deterministic on rerun."""
+    lm = prunelab.load("smollm2-135m")
+    with pytest.raises(PrunelabError, match="≥ the model's own 2.667"):
+        d.validate_expansion_ratios(lm.model, [3.2, 2.0])
+    kw = dict(tasks=["truthfulqa_mc1", "ifeval"], limit=2, efficiency=False,
+              generation={"ifeval_max_new_tokens": 12})
+    res = d.run_dichotomy(lm.model, lm.tokenizer, [1.6], **kw)
+    assert [p.intermediate_size for p in res.points] == [1536, 922]
+    assert res.points[0].params == 134_515_008 > res.points[1].params
+    for p in res.points:
+        assert all(0 <= v <= 100 for v in p.scores.values())
+    again = d.run_dichotomy(lm.model, lm.tokenizer, [1.6], **kw)
+    assert [p.scores for p in again.points] == [p.scores for p in res.points]
