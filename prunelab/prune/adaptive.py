@@ -192,7 +192,7 @@ def adapt_prune(
             importance = normalise_importance([-c for c in stats.layer_cos])
             history.append(importance)
             targets = layer_targets(importance, ratio * t / steps, amplitude)
-            scores = taylor(model, stats, seed)
+            scores = taylor(model, stats, seed, prune_heads)
             del stats
             for i, s_i in enumerate(targets):
                 prune_layer_to(model, i, scores[i], (1.0 - s_i) * orig[i], prune_heads)

@@ -58,10 +58,11 @@ class LayerScores:
 
 @dataclass(frozen=True)
 class Criterion:
-    """A registered criterion: ``fn(model, stats, seed) -> list[LayerScores]``; ``needs`` ⊆ {activations, gradients}."""
+    """A registered criterion: ``fn(model, stats, seed, heads) -> list[LayerScores]``; ``needs`` ⊆ {activations,
+    gradients}. With ``heads=False`` only MLP scores are computed (head/KV scores are zeros)."""
 
     name: str
-    fn: Callable[[nn.Module, CalibrationStats | None, int], list[LayerScores]]
+    fn: Callable[[nn.Module, CalibrationStats | None, int, bool], list[LayerScores]]
     needs: frozenset[str]
     description: str
 
@@ -69,8 +70,9 @@ class Criterion:
     def needs_data(self) -> bool:
         return bool(self.needs)
 
-    def __call__(self, model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0) -> list[LayerScores]:
-        return self.fn(model, stats, seed)
+    def __call__(self, model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0,
+                 heads: bool = True) -> list[LayerScores]:
+        return self.fn(model, stats, seed, heads)
 
 
 CRITERIA: Registry[Criterion] = Registry("width criterion")
@@ -121,8 +123,9 @@ def head_blocks(w: torch.Tensor, n: int, rows: bool = True) -> torch.Tensor:
 # per-row statistics (OptiPFair's definitions, row-wise along ``dim``)
 # ----------------------------------------------------------------------------------------------------------
 def ppm(w: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Peak-to-peak magnitude ``max + |min|`` (OptiPFair's MAW)."""
-    return torch.max(w, dim=dim).values + torch.abs(torch.min(w, dim=dim).values)
+    """Peak-to-peak magnitude ``max + |min|`` (OptiPFair's MAW); one ``aminmax`` pass gives the same values."""
+    lo, hi = torch.aminmax(w, dim=dim)
+    return hi + torch.abs(lo)
 
 
 def variance(w: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -147,12 +150,16 @@ def _combine(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _static(name: str) -> Callable:
     r = STATISTICS[name]
 
-    def fn(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0) -> list[LayerScores]:
+    def fn(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0,
+           heads: bool = True) -> list[LayerScores]:
         adapter = adapter_for(model)
         out = []
         for layer in adapter.layers(model):
             gate, up, _ = mlp_tensors(adapter, layer, _weight)
             lay = adapter.head_layout(layer)
+            if not heads:
+                out.append(_mlp_only(_combine(name, r(gate, 1), r(up, 1)), lay))
+                continue
             q, k, v, o = attention_tensors(adapter, layer, _weight)
             out.append(
                 LayerScores(
@@ -167,6 +174,11 @@ def _static(name: str) -> Callable:
     return fn
 
 
+def _mlp_only(mlp: torch.Tensor, lay) -> LayerScores:
+    """MLP scores with zero head/KV scores (callers that keep every head skip the attention statistics)."""
+    return LayerScores(mlp=mlp, heads=torch.zeros(lay.num_heads), kv=torch.zeros(lay.num_kv_heads))
+
+
 def _normed(x: torch.Tensor) -> torch.Tensor:
     return x / (x.max() + 1e-8)  # OptiPFair's normalisation of each component to [0, 1]
 
@@ -174,7 +186,8 @@ def _normed(x: torch.Tensor) -> torch.Tensor:
 def _hybrid(name: str) -> Callable:
     r = STATISTICS[name]
 
-    def fn(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0) -> list[LayerScores]:
+    def fn(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0,
+           heads: bool = True) -> list[LayerScores]:
         adapter = adapter_for(model)
         out = []
         for i, layer in enumerate(adapter.layers(model)):
@@ -184,6 +197,9 @@ def _hybrid(name: str) -> Callable:
             x_d = stats.mlp_act_norms[i].float().to(gate.device)
             x_h = stats.head_act_norms[i].float().to(gate.device)
             structural = _normed(r(gate, 1)) + _normed(r(up, 1)) + _normed(r(down, 0))
+            if not heads:
+                out.append(_mlp_only(structural * x_d, lay))
+                continue
             head_struct = _normed(r(head_blocks(q, lay.num_heads), 1)) + _normed(
                 r(head_blocks(o, lay.num_heads, rows=False), 1))
             kv_struct = _normed(r(head_blocks(k, lay.num_kv_heads), 1)) + _normed(r(head_blocks(v, lay.num_kv_heads), 1))
@@ -194,7 +210,8 @@ def _hybrid(name: str) -> Callable:
     return fn
 
 
-def _taylor(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0) -> list[LayerScores]:
+def _taylor(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0,
+            heads: bool = True) -> list[LayerScores]:
     """``Σ_{w∈group} |g·w|`` from the element-wise saliency collected by :func:`collect_statistics`."""
     adapter = adapter_for(model)
     out = []
@@ -215,18 +232,19 @@ def _taylor(model: nn.Module, stats: CalibrationStats | None = None, seed: int =
                     mlp = mlp + b
         lay = adapter.head_layout(layer)
         q, k, v, o = attention_tensors(adapter, layer, sal_w)
-        heads = head_blocks(q, lay.num_heads).sum(1) + head_blocks(o, lay.num_heads, rows=False).sum(1)
+        h = head_blocks(q, lay.num_heads).sum(1) + head_blocks(o, lay.num_heads, rows=False).sum(1)
         kv = head_blocks(k, lay.num_kv_heads).sum(1) + head_blocks(v, lay.num_kv_heads).sum(1)
         qb, kb, vb, _ = attention_tensors(adapter, layer, sal_b)
         if qb is not None:
-            heads = heads + qb.reshape(lay.num_heads, -1).sum(1)
+            h = h + qb.reshape(lay.num_heads, -1).sum(1)
         if kb is not None:
             kv = kv + kb.reshape(lay.num_kv_heads, -1).sum(1) + vb.reshape(lay.num_kv_heads, -1).sum(1)
-        out.append(LayerScores(mlp=mlp, heads=heads, kv=kv))
+        out.append(LayerScores(mlp=mlp, heads=h, kv=kv))
     return out
 
 
-def _random(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0) -> list[LayerScores]:
+def _random(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0,
+            heads: bool = True) -> list[LayerScores]:
     adapter = adapter_for(model)
     out = []
     for i, layer in enumerate(adapter.layers(model)):

@@ -166,7 +166,8 @@ def select_heads(layout: HeadLayout, head_scores: torch.Tensor, kv_scores: torch
 
 
 def compute_scores(model: nn.Module, criterion: str, calibration: torch.Tensor | None, seed: int = 0,
-                   batch_size: int = 8, progress: bool = True) -> tuple[list[LayerScores], CalibrationStats | None]:
+                   batch_size: int = 8, progress: bool = True,
+                   heads: bool = True) -> tuple[list[LayerScores], CalibrationStats | None]:
     """Scores of every group of every layer under ``criterion`` (running calibration if it needs data)."""
     crit = CRITERIA.get(criterion)
     stats = None
@@ -175,7 +176,7 @@ def compute_scores(model: nn.Module, criterion: str, calibration: torch.Tensor |
             raise PrunelabError(f"criterion '{criterion}' needs calibration data (pass a tokenizer or a batch)")
         stats = collect_statistics(model, calibration, activations="activations" in crit.needs,
                                    gradients="gradients" in crit.needs, batch_size=batch_size, progress=progress)
-    return crit(model, stats, seed), stats
+    return crit(model, stats, seed, heads), stats
 
 
 def resolve_calibration(tokenizer, calibration, n_samples: int, seq_len: int, source: str, seed: int):
@@ -232,7 +233,8 @@ def prune_width(
     before = count_parameters(model)
 
     t0 = time.perf_counter()
-    scores, _ = compute_scores(model, criterion, calibration, seed, batch_size, progress)
+    scores, _ = compute_scores(model, criterion, calibration, seed, batch_size, progress,
+                               heads=any(k < lay.num_heads for k, lay in zip(kept_heads_n, layouts)))
     score_seconds = time.perf_counter() - t0
 
     kept_neurons, kept_heads = [], []
