@@ -178,7 +178,8 @@ def prune_mlp_neurons(model: nn.Module, layer_idx: int, keep: Sequence[int] | to
     layer = adapter.layers(model)[layer_idx]
     width = adapter.mlp_width(layer)
     idx = _as_index(keep, width, f"MLP neuron of layer {layer_idx}")
-    sd = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+    # no clone: sliced entries are new tensors and load_state_dict copies the rest into the fresh layer
+    sd = {k: v.detach() for k, v in layer.state_dict().items()}
     gate_path, up_path, down_path = (adapter.proj_names[n] for n in ("gate", "up", "down"))
     if adapter.fused_gate_up:
         rows = torch.cat([idx, idx + width])
@@ -239,7 +240,8 @@ def prune_attention_heads(model: nn.Module, layer_idx: int, keep_heads: Iterable
     heads, groups = check_gqa_keep(lay, keep_heads)
     d = lay.head_dim
     q_rows, kv_rows = _rows(heads, d), _rows(groups, d)
-    sd = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+    # no clone: sliced entries are new tensors and load_state_dict copies the rest into the fresh layer
+    sd = {k: v.detach() for k, v in layer.state_dict().items()}
     o_path = adapter.proj_names["o"]
     if adapter.fused_qkv:
         qkv_path = adapter.proj_names["q"]
