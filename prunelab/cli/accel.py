@@ -58,8 +58,8 @@ def accel_cmd(
                 calibration_samples=calibration_samples, output_dir=output, metadata={"source": lm.source})
     console.print(
         f"Adapt-Accel {res.phases} phases × keep {res.keep_ratio:.4f}: params {human(res.params_before)} → "
-        f"{human(res.params_after)}, MLP {human(res.mlp_params_before)} → {human(res.mlp_params_after)} "
-        f"({res.achieved_mlp_ratio:.3f} of start; target {1 - target_ratio:.3f})"
+        f"{human(res.params_after)}; size ({res.size_measure}) {human(res.size_before)} → {human(res.size_after)} "
+        f"({res.achieved_size_ratio:.3f} of start; target {1 - target_ratio:.3f})"
     )
     for p in res.phase_results:
         console.print(

@@ -7,7 +7,9 @@ From a start size to a target size in ``N`` prune/train phases:
   gate row, up row and down column are its parameters), so ``P`` is also the per-phase neuron keep ratio.
   ``target_ratio`` is the overall fraction removed, as in ``prunelab prune width --ratio``:
   ``target / start = 1 − target_ratio``. Cumulative widths follow ``round(I_start · P^(i+1))`` per layer, so
-  rounding never accumulates.
+  rounding never accumulates. With ``pruner="adaptive"`` (Adapt-Pruner, layer-adaptive neurons + heads) the
+  size is the decoder-block parameter count, as in the paper, and each phase calls ``adapt_prune`` with
+  ``ratio = 1 − start·P^(i+1) / current``.
 * phase ``i`` (0-based) trains on a disjoint random share ``|D_i| = |D| · 2(i+1) / (N(N+1))`` of the data
   (growing linearly; later phases prune more important weights and need more recovery). Shares are
   rounded by largest remainder so they sum to ``|D|`` exactly.
@@ -123,6 +125,13 @@ def trainer_steps(n_samples: int, batch_size: int, grad_accum: int, epochs: int 
     return math.ceil(math.ceil(n_samples / batch_size) / grad_accum) * epochs
 
 
+def block_params(model: nn.Module) -> int:
+    """Decoder-block parameters (attention + MLP + norms): the size Adapt-Pruner's ratio refers to."""
+    from prunelab.models import adapter_for
+
+    return sum(p.numel() for layer in adapter_for(model).layers(model) for p in layer.parameters())
+
+
 def mlp_params(model: nn.Module) -> int:
     """Prunable size: GLU parameters ``Σ_l numel(gate, up, down)`` (biases included when present)."""
     from prunelab.models import adapter_for
@@ -145,7 +154,8 @@ def mlp_params(model: nn.Module) -> int:
 @dataclass
 class AccelPhase:
     phase: int
-    keep_ratio: float                # of the MLP size at the start of this phase
+    keep_ratio: float                # achieved: size after / size before this phase
+    size_after: int                  # MLP params (width pruner) or decoder-block params (adaptive)
     widths_after: list[int]
     mlp_params_after: int
     params_after: int
@@ -177,7 +187,11 @@ class AccelResult:
     params_after: int
     mlp_params_before: int
     mlp_params_after: int
-    achieved_mlp_ratio: float        # mlp_after / mlp_before (target: 1 − target_ratio)
+    achieved_mlp_ratio: float        # mlp_after / mlp_before (width pruner target: 1 − target_ratio)
+    size_measure: str                # "mlp_params" (width/custom pruner) or "block_params" (adaptive)
+    size_before: int
+    size_after: int
+    achieved_size_ratio: float       # size_after / size_before (target: 1 − target_ratio)
     total_steps: int
     tokens: int
     honest_flops: float
@@ -212,19 +226,16 @@ def _default_prune_step(pruner: str, criterion: str, calibration_samples: int, c
                     calibration_samples=calibration_samples, calibration_seq_len=calibration_seq_len,
                     progress=progress)
 
-    def adaptive_step(model, tokenizer, target_widths):
-        from prunelab.models import adapter_for
-
+    def adaptive_step(model, tokenizer, target_size):
         try:
             from prunelab.prune.adaptive import adapt_prune
         except ImportError as exc:
             raise PrunelabError(f"pruner 'adaptive' is not available in this build ({exc})") from None
-        adapter = adapter_for(model)
-        current = sum(adapter.mlp_width(layer) for layer in adapter.layers(model))
-        ratio = 1.0 - sum(target_widths) / current
+        ratio = 1.0 - target_size / block_params(model)  # adapt_prune's ratio is relative to the current blocks
         if ratio <= 0:
             return
-        adapt_prune(model, tokenizer, ratio=ratio)
+        adapt_prune(model, tokenizer, ratio=ratio, seed=seed, calibration_samples=calibration_samples,
+                    calibration_seq_len=calibration_seq_len, progress=progress)
 
     if pruner == "width":
         return width_step
@@ -279,7 +290,13 @@ def accel(model: nn.Module, tokenizer, records: Sequence[Any], target_ratio: flo
     layers = adapter.layers(model)
     start_widths = [adapter.mlp_width(layer) for layer in layers]
     keep = phase_keep_ratio(1.0, 1.0 - target_ratio, phases)
-    plan = [[max(1, round(w * keep ** (i + 1))) for w in start_widths] for i in range(phases)]
+    by_size = pruner == "adaptive" and not custom_pruner  # Adapt-Pruner: sizes are decoder-block params
+    size_fn = block_params if by_size else mlp_params
+    size_before = size_fn(model)
+    if by_size:
+        plan = [size_before * keep ** (i + 1) for i in range(phases)]
+    else:
+        plan = [[max(1, round(w * keep ** (i + 1))) for w in start_widths] for i in range(phases)]
     shares_data = split_data(records, phases, seed)  # validates |D| vs N
     datasets = [tokenize_records(tokenizer, d, seq_len=seq_len, pad_to_max=pad_to_max) for d in shares_data]
     steps_per_phase = [trainer_steps(len(d), batch_size, grad_accum) for d in datasets]
@@ -293,6 +310,8 @@ def accel(model: nn.Module, tokenizer, records: Sequence[Any], target_ratio: flo
         criterion=criterion, mechanism=mech.name if mech else None, n_samples=len(records),
         shares=[len(d) for d in datasets], params_before=params_before, params_after=params_before,
         mlp_params_before=mlp_before, mlp_params_after=mlp_before, achieved_mlp_ratio=1.0,
+        size_measure="block_params" if by_size else "mlp_params", size_before=size_before, size_after=size_before,
+        achieved_size_ratio=1.0,
         total_steps=total_steps, tokens=0, honest_flops=0.0, seconds=0.0,
         lr_schedule=[wsd_lr(s, total_steps, max_lr, min_lr, warmup, decay) for s in range(total_steps)],
         output_dir=str(out) if out else None,
@@ -304,7 +323,7 @@ def accel(model: nn.Module, tokenizer, records: Sequence[Any], target_ratio: flo
         prune_step(model, tokenizer, plan[i])
         prune_seconds = time.perf_counter() - t0
         widths = [adapter.mlp_width(layer) for layer in adapter.layers(model)]
-        if widths != plan[i]:
+        if not by_size and widths != plan[i]:
             raise PrunelabError(f"phase {i}: the pruner left MLP widths {widths[:4]}…, expected {plan[i][:4]}…")
 
         base_f = base_forward_flops_per_token(model, seq_len)  # before LoRA layers are injected
@@ -337,10 +356,11 @@ def accel(model: nn.Module, tokenizer, records: Sequence[Any], target_ratio: flo
         losses = [h["loss"] for h in stats.loss_history]
         result.tokens += stats.tokens
         result.honest_flops += honest_flops(base_f, trainable, stats.tokens, full_finetune=(mode == "full"))
-        mlp_now = mlp_params(model)
+        size_now = size_fn(model)
         result.phase_results.append(AccelPhase(
-            phase=i, keep_ratio=mlp_now / (result.phase_results[-1].mlp_params_after if result.phase_results else mlp_before),
-            widths_after=widths, mlp_params_after=mlp_now, params_after=count_parameters(model).total,
+            phase=i, keep_ratio=size_now / (result.phase_results[-1].size_after if result.phase_results else size_before),
+            size_after=size_now,
+            widths_after=widths, mlp_params_after=mlp_params(model), params_after=count_parameters(model).total,
             n_samples=len(datasets[i]), steps=stats.steps, lr_first=lrs[0] if lrs else float("nan"),
             lr_last=lrs[-1] if lrs else float("nan"), loss_first=losses[0] if losses else float("nan"),
             loss_last=losses[-1] if losses else float("nan"), tokens=stats.tokens, train_seconds=stats.seconds,
@@ -351,6 +371,8 @@ def accel(model: nn.Module, tokenizer, records: Sequence[Any], target_ratio: flo
     result.params_after = count_parameters(model).total
     result.mlp_params_after = mlp_params(model)
     result.achieved_mlp_ratio = result.mlp_params_after / mlp_before
+    result.size_after = size_fn(model)
+    result.achieved_size_ratio = result.size_after / size_before
     result.seconds = time.perf_counter() - t_start
     result.model = model
     if out is not None:

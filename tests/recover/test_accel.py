@@ -184,3 +184,16 @@ def test_cli_accel_bad_input(tmp_path, args, msg):
     result = CliRunner().invoke(app, ["accel", "/no/such/model", "-o", str(out), *args])
     assert isinstance(result.exception, PrunelabError) and msg in str(result.exception), result.output
     assert not out.exists()
+
+
+def test_accel_with_adaptive_pruner():
+    """Adapt-Pruner phases: sizes are decoder-block params; the end size is (1 − ratio) of the start."""
+    from prunelab.recover.accel import block_params
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    start = block_params(model)
+    res = accel(model, tok, RECORDS, target_ratio=0.3, phases=2, pruner="adaptive", calibration_samples=4,
+                calibration_seq_len=16, seq_len=48, batch_size=4, grad_accum=2, progress=False)
+    assert res.size_measure == "block_params" and res.size_before == start
+    assert res.achieved_size_ratio == pytest.approx(0.7, abs=0.05)
+    assert res.phase_results[0].size_after == pytest.approx(start * 0.7 ** 0.5, rel=0.05)
