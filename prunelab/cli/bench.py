@@ -37,8 +37,8 @@ def bench_cmd(
     t.add_row("latency (batch 1)", f"{rep.latency_s:.2f} s for {rep.new_tokens} tokens = {rep.latency_ms_per_token:.1f} ms/token")
     t.add_row(f"throughput (batch {rep.batch_size})", f"{rep.throughput_tok_s:.1f} tokens/s")
     t.add_row("peak memory", f"{rep.peak_memory_mb:.0f} MB ({rep.memory_kind})")
-    energy = "unavailable" if rep.energy_j_per_token is None else f"{rep.energy_j_per_token:.4f} J/token"
-    t.add_row("energy", f"{energy} — {rep.energy_source}")
+    t.add_row("energy", rep.energy_source if rep.energy_j_per_token is None
+              else f"{rep.energy_j_per_token:.4f} J/token — {rep.energy_source}")
     console.print(t)
     emit_json({"model": lm.source, **rep.__dict__}, json_out)
 
