@@ -18,6 +18,7 @@ def tiny_dir(tmp_path):
     return out
 
 
+@pytest.mark.slow  # ~45 s of CPU: Trainer set-up per tune, data loading, generation
 def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.delenv("PRUNELAB_STAGES", raising=False)
     spec = tmp_path / "e.yaml"
@@ -25,8 +26,10 @@ def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
         "name": "tiny", "note": "tiny random model",
         "models": [{"source": str(tiny_dir), "name": "tiny"}],
         "pruning": {"kind": "width", "criterion": "maw", "ratio": 0.5},
-        "mechanisms": ["ketamine", "ssri"],
-        "isodose": "ketamine:1",
+        # inline mechanisms sized for the tiny model (ketamine's r=64 exceeds its widths: ~30 ssri epochs)
+        "mechanisms": [{"name": "big", "r": 4, "alpha": 8, "targets": ["q", "v", "gate"], "dropout": 0.0, "lr": 1e-3},
+                       {"name": "small", "base": "ssri", "r": 2, "alpha": 4}],
+        "isodose": "big:1",
         "training": {"samples": 4, "held_out": 2, "seq_len": 32, "batch_size": 2, "grad_accum": 1},
         "seeds": [0],
         "stress": {"relapse": {"fraction": 0.3}, "chronic": {"cycles": 1, "step": 0.1, "maintenance_epochs": 1}},
@@ -37,13 +40,14 @@ def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
     assert (summary.completed, summary.failed) == (3, 0)
     with Store(db) as s:
         runs = {r.mechanism or "base": r for r in s.runs()}
-    base, ket, ssri = runs["base"], runs["ketamine"], runs["ssri"]
+    base, ket, ssri = runs["base"], runs["big"], runs["small"]
     assert base.metrics["model"]["layer_widths"] == [24] * 4  # GLU 48 → 50% pruned
     assert set(base.metrics["eval"]["scores"]) == {"arc_easy_gen", "lambada_gen", "composite"}
     assert base.metrics["eval"]["n"] == {"arc_easy_gen": 2, "lambada_gen": 2}
     # isodose: ssri trains round(P_ket / P_ssri) epochs; both runs' 6·P·L·N·E within half an ssri epoch
     kp, sp = ket.metrics["training"]["trainable_params"], ssri.metrics["training"]["trainable_params"]
-    assert ssri.metrics["training"]["epochs"] == max(1, round(kp / sp))
+    assert ssri.metrics["training"]["epochs"] == max(1, round(kp / sp)) == 3
+    assert ssri.config["mechanism"]["targets"] == ["q", "v"] and ssri.config["mechanism"]["lr"] == 1e-6
     assert abs(ssri.flops - ket.flops) <= 0.5 * 6 * sp * 32 * 4
     assert ket.metrics["training"]["honest_flops"] > ket.flops
     assert "composite" in ket.metrics["relapse"]["eval"]["scores"]
