@@ -125,7 +125,8 @@ def width_profile(data: Data, path: Path) -> Path | None:
         ax.plot(range(len(s["layer_widths"])), s["layer_widths"], marker=".", label=f"{model} · {pruning}")
     ax.set_xlabel("layer")
     ax.set_ylabel("MLP intermediate width")
-    ax.set_ylim(bottom=0)
+    top = max(max(s["original"]["layer_widths"]) for _, s in items)
+    ax.set_ylim(0, top * 1.08)  # keep the "before" line off the frame
     ax.set_title("Width profile (dashed: before pruning)")
     ax.legend(fontsize=8)
     return _save(fig, path)
