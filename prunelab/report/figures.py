@@ -54,7 +54,7 @@ def recovery_bars(table2: Table | None, path: Path) -> Path | None:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(recs)), labels, fontsize=8)
     ax.set_ylabel("recovery (composite pp)")
-    ax.set_title("Recovery over the untreated pruned model (mean ± SD)")
+    ax.set_title("Recovery vs untreated (mean ± SD)", fontsize=10)
     return _save(fig, path)
 
 
