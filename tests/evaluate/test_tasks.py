@@ -155,3 +155,14 @@ def test_c4_offline_is_a_clear_error(llama, tok, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(PrunelabError, match="C4"):
         TASKS.get("c4")(llama, tok, 1, 0, 1)
+
+
+def test_arc_easy_gen_chat_wraps_prompt_in_chat_template():
+    from prunelab.errors import PrunelabError
+    from prunelab.evaluate.tasks.generative import chat_wrap
+
+    tok = tiny_tokenizer()
+    with pytest.raises(PrunelabError, match="no chat template"):
+        chat_wrap(tok, "Question: x\nAnswer:")
+    tok.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<s>{% endif %}"
+    assert chat_wrap(tok, "Q") == "<s>Q</s><s>"

@@ -30,6 +30,7 @@ from prunelab.evaluate.generation import generate_greedy
 from prunelab.evaluate.loglik import loglikelihood_groups
 from prunelab.evaluate.progress import Counter
 from prunelab.evaluate.registry import TASKS, TaskResult
+from prunelab.errors import PrunelabError
 from prunelab.evaluate.tasks._common import percent_stderr
 
 MAX_NEW_TOKENS = 10
@@ -50,20 +51,44 @@ def parse_choice_letter(output: str, n_choices: int) -> int | None:
     return None if m is None else letters.index(m.group(1))
 
 
-@TASKS.register("arc_easy_gen")
-def arc_easy_gen(model, tokenizer, limit, seed, batch_size) -> TaskResult:
-    """ARC-Easy test, generation protocol (module docstring); acc = 100·mean[parsed letter == answerKey]."""
+def chat_wrap(tokenizer, prompt: str) -> str:
+    """``prompt`` as one user turn in the tokenizer's chat template, ready for the assistant's reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PrunelabError("this tokenizer has no chat template; use the raw-prompt task (without _chat)")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def _arc_easy_gen(name: str, model, tokenizer, limit, seed, batch_size, chat: bool) -> TaskResult:
     start = time.perf_counter()
     items = seeded_sample(load_arc("easy", "test"), limit, seed)
     prompts = [arc_gen_prompt(it.query, it.choices) for it in items]
-    outputs = generate_greedy(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size, Counter("arc_easy_gen", len(items)))
+    if chat:
+        prompts = [chat_wrap(tokenizer, p) for p in prompts]
+    outputs = generate_greedy(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size, Counter(name, len(items)))
     preds = [parse_choice_letter(o, len(it.choices)) for o, it in zip(outputs, items)]
     hits = [float(p == it.answer) for p, it in zip(preds, items)]
     n = len(items)
-    return TaskResult("arc_easy_gen", {"acc": 100.0 * sum(hits) / n, "acc_stderr": percent_stderr(hits),
-                                       "unparsed": 100.0 * sum(p is None for p in preds) / n},
+    return TaskResult(name, {"acc": 100.0 * sum(hits) / n, "acc_stderr": percent_stderr(hits),
+                             "unparsed": 100.0 * sum(p is None for p in preds) / n},
                       "acc", n, [it.id for it in items], time.perf_counter() - start,
                       {"outputs": outputs, "predictions": preds})
+
+
+@TASKS.register("arc_easy_gen")
+def arc_easy_gen(model, tokenizer, limit, seed, batch_size) -> TaskResult:
+    """ARC-Easy test, generation protocol (module docstring); acc = 100·mean[parsed letter == answerKey]."""
+    return _arc_easy_gen("arc_easy_gen", model, tokenizer, limit, seed, batch_size, chat=False)
+
+
+@TASKS.register("arc_easy_gen_chat")
+def arc_easy_gen_chat(model, tokenizer, limit, seed, batch_size) -> TaskResult:
+    """``arc_easy_gen`` with the prompt sent as a user turn of the tokenizer's chat template.
+
+    Instruction-tuned models (e.g. SmolLM2-Instruct) often end their turn right after a raw ``Answer:``;
+    in their own chat format they answer. Same items, same parsing, same metric.
+    """
+    return _arc_easy_gen("arc_easy_gen_chat", model, tokenizer, limit, seed, batch_size, chat=True)
 
 
 # ------------------------------------------------------------------------------------------------ LAMBADA
