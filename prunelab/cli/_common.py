@@ -30,6 +30,16 @@ def quiet_libraries() -> None:
     except ImportError:  # pragma: no cover
         pass
     try:
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()  # "Writing model shards" on every save
+    except ImportError:  # pragma: no cover
+        pass
+    import warnings
+
+    # transformers' own deprecation notices (e.g. is_gradient_checkpointing inside Trainer) are not the user's to fix
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    try:
         import datasets
 
         datasets.logging.set_verbosity_error()
