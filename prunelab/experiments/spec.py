@@ -358,16 +358,9 @@ def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
 
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate an experiment YAML file."""
-    import yaml
+    from prunelab.yaml_files import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise PrunelabError(f"experiment file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PrunelabError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_spec(data, str(path))
+    return parse_spec(read_yaml(path, "experiment"), str(path))
 
 
 # ---------------------------------------------------------------------------------------- mechanisms

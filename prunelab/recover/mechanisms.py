@@ -142,15 +142,10 @@ def load_mechanisms_yaml(path: str | Path, register: bool = True) -> list[Mechan
     Re-registering a name that already exists with *identical* fields is a no-op; a different definition under
     an existing name is an error (a mechanism's name must identify its recipe in results).
     """
-    import yaml
+    from prunelab.yaml_files import read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise PrunelabError(f"mechanisms file {p} not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PrunelabError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    data = read_yaml(p, "mechanisms")
     if isinstance(data, dict) and "mechanisms" in data:
         data = data["mechanisms"]
     if not isinstance(data, list) or not data:
