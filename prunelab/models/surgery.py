@@ -55,17 +55,17 @@ def _ensure_explicit_head_dim(config) -> None:
 def layer_shapes(model: nn.Module) -> list[dict[str, int]]:
     """Actual per-layer shapes read from the weights: intermediate_size, num_attention_heads, num_key_value_heads."""
     adapter = adapter_for(model)
-    shapes = []
-    for layer in adapter.layers(model):
-        lay = adapter.head_layout(layer)
-        shapes.append(
-            {
-                "intermediate_size": adapter.mlp_width(layer),
-                "num_attention_heads": lay.num_heads,
-                "num_key_value_heads": lay.num_kv_heads,
-            }
-        )
-    return shapes
+    return [_shape_of(adapter, layer) for layer in adapter.layers(model)]
+
+
+def _shape_of(adapter: FamilyAdapter, layer: nn.Module) -> dict[str, int]:
+    """One layer's :data:`PER_LAYER_FIELDS`, read from its weights."""
+    lay = adapter.head_layout(layer)
+    return {
+        "intermediate_size": adapter.mlp_width(layer),
+        "num_attention_heads": lay.num_heads,
+        "num_key_value_heads": lay.num_kv_heads,
+    }
 
 
 def _global_heads_valid(config, num_heads: int) -> bool:
@@ -146,13 +146,7 @@ def replace_layer(model: nn.Module, layer_idx: int, overrides: dict, state_dict:
 
 def _current_overrides(model: nn.Module, layer_idx: int) -> dict:
     adapter = adapter_for(model)
-    layer = adapter.layers(model)[layer_idx]
-    lay = adapter.head_layout(layer)
-    return {
-        "intermediate_size": adapter.mlp_width(layer),
-        "num_attention_heads": lay.num_heads,
-        "num_key_value_heads": lay.num_kv_heads,
-    }
+    return _shape_of(adapter, adapter.layers(model)[layer_idx])
 
 
 # ----------------------------------------------------------------------------------------------------------
