@@ -26,13 +26,15 @@ def parse_amplitudes(text: str) -> list[float]:
 def prune_width_cmd(
     model: str = ModelArg,
     output: Path = typer.Option(None, "--output", "-o", help="Directory for the pruned model (written atomically)."),
-    criterion: str = typer.Option("maw", "--criterion", "-c", help="maw, vow, pon, l2, *_hybrid, taylor, random."),
+    criterion: str = typer.Option(None, "--criterion", "-c", help="maw, vow, pon, l2, *_hybrid, taylor, random "
+                                  "(default maw; with --adaptive the within-layer score, default taylor)."),
     ratio: float = typer.Option(None, "--ratio", help="Fraction of MLP neurons removed per layer, in [0, 1) "
                                 "(with --adaptive: sparsity of the decoder-block parameters)."),
     expansion_ratio: float = typer.Option(None, "--expansion-ratio", help="Target intermediate/hidden (e.g. 2.0)."),
     heads_ratio: float = typer.Option(0.0, "--heads-ratio", help="Fraction of query heads removed per layer (GQA-valid)."),
     round_to: int = typer.Option(1, "--round-to", help="Round kept MLP widths down to a multiple of this (8, 64, ...)."),
-    adaptive: bool = typer.Option(False, "--adaptive", help="Adapt-Pruner: layer-adaptive, progressive, Taylor."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Adapt-Pruner: layer-adaptive, progressive (Taylor "
+                                  "inside layers unless --criterion)."),
     amplitude: str = typer.Option("0.02", "--amplitude", help="Adapt-Pruner amplitude A; a list (0,0.005,0.01,0.02,0.04) "
                                   "runs the ablation (params + perplexity per A, no model saved)."),
     steps: int = typer.Option(10, "--steps", help="Adapt-Pruner progressive steps T."),
@@ -44,6 +46,8 @@ def prune_width_cmd(
     seed: int = typer.Option(0, "--seed"),
     plot: Path = typer.Option(None, "--plot", help="Adapt-Pruner sparsity profile PNG (default OUT/sparsity_profile.png)."),
     ppl_windows: int = typer.Option(8, "--ppl-windows", help="Ablation: WikiText-2 windows of 512 tokens scored."),
+    heldout_samples: int = typer.Option(32, "--heldout-samples", help="Ablation: calibration-source sequences held out "
+                                        "to choose A by (0: none)."),
     json_out: Path = JsonOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -51,10 +55,11 @@ def prune_width_cmd(
     """Remove GLU neurons (and optionally attention heads) from every layer; print params before/after."""
     from prunelab.prune.criteria import CRITERIA
 
+    criterion = criterion or ("taylor" if adaptive else "maw")
     amplitudes = parse_amplitudes(amplitude)
     ablation = adaptive and len(amplitudes) > 1
+    CRITERIA.get(criterion)
     if not adaptive:
-        CRITERIA.get(criterion)
         if len(amplitudes) > 1 or amplitude != "0.02":
             raise PrunelabError("--amplitude only applies with --adaptive")
     elif ratio is None:
@@ -68,8 +73,8 @@ def prune_width_cmd(
 
     lm = load_model(model, dtype, device)
     if ablation:
-        _ablation(lm, ratio, amplitudes, steps, prune_heads, calibration, calib_samples, calib_seq_len, batch_size,
-                  seed, ppl_windows, json_out)
+        _ablation(lm, ratio, amplitudes, steps, prune_heads, criterion, calibration, calib_samples, calib_seq_len, batch_size,
+                  seed, ppl_windows, heldout_samples, json_out)
         return
     from prunelab.models import save
 
@@ -80,7 +85,7 @@ def prune_width_cmd(
         from prunelab.prune.adaptive import adapt_prune, plot_sparsity_profile
 
         report = adapt_prune(lm.model, lm.tokenizer, ratio=ratio, amplitude=amplitudes[0], steps=steps, seed=seed,
-                             prune_heads=prune_heads, **kw)
+                             prune_heads=prune_heads, criterion=criterion, **kw)
         meta = {"pruning": "adaptive", "source": lm.source, **_summary(report)}
     else:
         from prunelab.prune.width import prune_width
@@ -114,7 +119,8 @@ def _summary(report) -> dict:
 
 
 def _print_profile(report) -> None:
-    t = Table(title=f"Adapt-Pruner profile (A={report.amplitude:g}, T={report.steps}, S={report.ratio:g})")
+    t = Table(title=f"Adapt-Pruner profile (A={report.amplitude:g}, T={report.steps}, S={report.ratio:g}, "
+                    f"{report.criterion})")
     for col in ("layer", "importance", "target %", "sparsity %", "MLP", "heads", "KV"):
         t.add_column(col, justify="right")
     for row in report.table():
@@ -123,28 +129,38 @@ def _print_profile(report) -> None:
     console.print(t)
 
 
-def _ablation(lm, ratio, amplitudes, steps, prune_heads, calibration, calib_samples, calib_seq_len, batch_size, seed,
-              ppl_windows, json_out) -> None:
+def _ablation(lm, ratio, amplitudes, steps, prune_heads, criterion, calibration, calib_samples, calib_seq_len, batch_size, seed,
+              ppl_windows, heldout_samples, json_out) -> None:
     from prunelab.prune.adaptive import amplitude_ablation
 
     if ppl_windows < 1:
         raise PrunelabError(f"--ppl-windows must be ≥ 1, got {ppl_windows}")
+    if heldout_samples < 0:
+        raise PrunelabError(f"--heldout-samples must be ≥ 0, got {heldout_samples}")
     rep = amplitude_ablation(lm.model, lm.tokenizer, ratio=ratio, amplitudes=amplitudes, steps=steps, seed=seed,
-                             ppl_windows=ppl_windows, prune_heads=prune_heads, calibration_source=calibration,
+                             ppl_windows=ppl_windows, heldout_samples=heldout_samples, prune_heads=prune_heads,
+                             criterion=criterion,
+                             calibration_source=calibration,
                              calibration_samples=calib_samples, calibration_seq_len=calib_seq_len,
                              batch_size=batch_size)
     t = Table(title=f"Adapt-Pruner amplitude ablation (S={ratio:g}, T={steps}; dense: {human(rep.params_before)} "
                     f"params, ppl {rep.perplexity_before:.2f})")
-    for col in ("A", "params", "non-embedding", "block sparsity %", "WikiText-2 ppl", "seconds"):
+    for col in ("A", "params", "non-embedding", "block sparsity %", "held-out ppl", "WikiText-2 ppl", "seconds"):
         t.add_column(col, justify="right")
+    best = rep.selected
     for r in rep.rows:
-        t.add_row(f"{r.amplitude:g}", human(r.params), human(r.non_embedding), f"{100 * r.sparsity:.1f}",
+        held = "n/a" if r.heldout_perplexity is None else f"{r.heldout_perplexity:.2f}" + (" ←" if r is best else "")
+        t.add_row(f"{r.amplitude:g}", human(r.params), human(r.non_embedding), f"{100 * r.sparsity:.1f}", held,
                   f"{r.perplexity:.2f}", f"{r.seconds:.1f}")
     console.print(t)
+    if best is not None:
+        console.print(f"selected A = {best.amplitude:g} (lowest perplexity on {rep.heldout_tokens} held-out "
+                      f"{calibration} tokens, disjoint from calibration and from WikiText-2)")
     from prunelab.atomic import to_jsonable
 
     data = to_jsonable(rep)
     data["reports"] = [_summary(r) for r in rep.reports]
+    data["selected_amplitude"] = None if best is None else best.amplitude
     emit_json({"model": lm.source, **data}, json_out)
 
 

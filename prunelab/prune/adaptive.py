@@ -16,6 +16,10 @@ query heads; only the current layout with ``prune_heads=False``) the best heads 
 neurons, and the layout removing the least total score wins. A layer already at or below its target is left
 alone (pruning never regrows). With ``A = 0`` every layer gets the same target, i.e. uniform pruning.
 
+``criterion`` swaps the within-layer score of step 4 for any data-driven criterion of
+:data:`prunelab.prune.criteria.CRITERIA` (e.g. ``maw_hybrid``); only Taylor scores are in loss units, so heads can
+be traded against neurons only with ``taylor`` (others need ``prune_heads=False``).
+
 ``ratio`` here is the sparsity of the decoder blocks' parameters (attention + MLP), not the MLP neuron ratio of
 :func:`prunelab.prune.width.prune_width`.
 """
@@ -39,6 +43,8 @@ from prunelab.prune.criteria import CRITERIA, LayerScores
 from prunelab.prune.width import best_heads_for, resolve_calibration, select_neurons
 
 MAX_LAYER_SPARSITY = 0.95
+#: criteria whose head, KV-group and neuron scores share one unit (estimated loss change), so they can be summed
+LOSS_SCALED_CRITERIA = frozenset({"taylor"})
 
 
 @dataclass
@@ -65,6 +71,8 @@ class AdaptiveReport:
     kv_heads_after: list[int]
     seconds: float
     calibration_shape: list[int] = field(default_factory=list)
+    #: the within-layer group criterion (``taylor`` in the paper)
+    criterion: str = "taylor"
 
     @property
     def sparsity(self) -> float:
@@ -159,6 +167,7 @@ def adapt_prune(
     calibration: torch.Tensor | None = None,
     seed: int = 0,
     *,
+    criterion: str = "taylor",
     prune_heads: bool = True,
     calibration_samples: int = 128,
     calibration_seq_len: int = 128,
@@ -179,7 +188,14 @@ def adapt_prune(
     adapter = adapter_for(model)
     before = count_parameters(model)
     orig = [_block_params(layer) for layer in adapter.layers(model)]
-    taylor = CRITERIA.get("taylor")
+    score = CRITERIA.get(criterion)
+    if not score.needs_data:
+        raise PrunelabError(f"Adapt-Pruner scores groups on calibration data; {criterion!r} is a static criterion "
+                            f"(use one of: {', '.join(n for n in CRITERIA.names() if CRITERIA.get(n).needs_data)})")
+    if prune_heads and criterion not in LOSS_SCALED_CRITERIA:
+        # the layout search adds head and neuron scores; only loss-unit scores (Taylor) can be added that way
+        raise PrunelabError(f"{criterion!r} scores heads and neurons on different scales, so Adapt-Pruner cannot trade "
+                            f"one against the other: use --mlp-only (prune_heads=False) or the taylor criterion")
     history: list[list[float]] = []
     targets: list[float] = [0.0] * len(orig)
     from rich.progress import Progress
@@ -187,12 +203,13 @@ def adapt_prune(
     with Progress(transient=True, disable=not progress) as prog:
         task = prog.add_task("adaptive pruning", total=steps)
         for t in range(1, steps + 1):
-            stats = collect_statistics(model, calibration, gradients=True, layer_similarity=True,
+            stats = collect_statistics(model, calibration, gradients="gradients" in score.needs,
+                                       activations="activations" in score.needs, layer_similarity=True,
                                        batch_size=batch_size, progress=False)
             importance = normalise_importance([-c for c in stats.layer_cos])
             history.append(importance)
             targets = layer_targets(importance, ratio * t / steps, amplitude)
-            scores = taylor(model, stats, seed, prune_heads)
+            scores = score(model, stats, seed, prune_heads)
             del stats
             for i, s_i in enumerate(targets):
                 prune_layer_to(model, i, scores[i], (1.0 - s_i) * orig[i], prune_heads)
@@ -209,7 +226,7 @@ def adapt_prune(
         layer_sparsity=[1.0 - n / o for n, o in zip(now, orig)], target_sparsity=targets, importance=history,
         widths_after=[adapter.mlp_width(layer) for layer in layers],
         heads_after=[lay.num_heads for lay in layouts], kv_heads_after=[lay.num_kv_heads for lay in layouts],
-        seconds=time.perf_counter() - start, calibration_shape=list(calibration.shape),
+        seconds=time.perf_counter() - start, calibration_shape=list(calibration.shape), criterion=criterion,
     )
 
 
@@ -248,6 +265,8 @@ class AblationRow:
     sparsity: float
     perplexity: float
     seconds: float
+    #: perplexity on held-out calibration-source text (never the evaluation text): the metric to choose A by
+    heldout_perplexity: float | None = None
 
 
 @dataclass
@@ -262,6 +281,13 @@ class AblationReport:
     ppl_seq_len: int
     rows: list[AblationRow]
     reports: list[AdaptiveReport] = field(default_factory=list, repr=False)
+    heldout_tokens: int = 0
+
+    @property
+    def selected(self) -> AblationRow | None:
+        """The amplitude with the lowest held-out perplexity (chosen without looking at the evaluation text)."""
+        scored = [r for r in self.rows if r.heldout_perplexity is not None]
+        return min(scored, key=lambda r: r.heldout_perplexity) if scored else None
 
 
 def amplitude_ablation(
@@ -274,14 +300,19 @@ def amplitude_ablation(
     seed: int = 0,
     *,
     text: str | None = None,
+    heldout: torch.Tensor | None = None,
+    heldout_samples: int = 32,
     ppl_windows: int = 8,
     ppl_seq_len: int = 512,
     progress: bool = True,
     **kwargs,
 ) -> AblationReport:
     """Run :func:`adapt_prune` on a fresh copy of ``model`` for every amplitude; WikiText-2 perplexity (first
-    ``ppl_windows`` windows of ``ppl_seq_len``, or ``text``) of each. ``model`` itself is not modified."""
-    from prunelab.evaluate.perplexity import perplexity
+    ``ppl_windows`` windows of ``ppl_seq_len``, or ``text``) of each, and the perplexity of ``heldout`` calibration
+    text, by which :attr:`AblationReport.selected` picks A. When the calibration batch is drawn here (``calibration``
+    is None) the next ``heldout_samples`` sequences of the same shuffled source are held out (disjoint from the
+    calibration tokens). ``model`` itself is not modified."""
+    from prunelab.evaluate.perplexity import perplexity, perplexity_of_ids
 
     if not amplitudes:
         raise PrunelabError("give at least one amplitude")
@@ -292,9 +323,20 @@ def amplitude_ablation(
         from prunelab.data import load_wikitext2_text
 
         text = load_wikitext2_text()
-    calibration = resolve_calibration(tokenizer, calibration, kwargs.pop("calibration_samples", 128),
-                                      kwargs.pop("calibration_seq_len", 128),
-                                      kwargs.pop("calibration_source", "lambada"), seed)
+    n_cal = kwargs.pop("calibration_samples", 128)
+    if calibration is None and heldout is None and heldout_samples > 0:
+        both = resolve_calibration(tokenizer, None, n_cal + heldout_samples, kwargs.pop("calibration_seq_len", 128),
+                                   kwargs.pop("calibration_source", "lambada"), seed)
+        calibration, heldout = both[:n_cal], both[n_cal:]
+    else:
+        calibration = resolve_calibration(tokenizer, calibration, n_cal, kwargs.pop("calibration_seq_len", 128),
+                                          kwargs.pop("calibration_source", "lambada"), seed)
+
+    def heldout_ppl(m: nn.Module) -> float | None:
+        if heldout is None:
+            return None
+        return perplexity_of_ids(m, heldout.reshape(-1), seq_len=heldout.shape[-1]).perplexity
+
     base_ppl = perplexity(model, tokenizer, text, seq_len=ppl_seq_len, max_windows=ppl_windows).perplexity
     rows, reports = [], []
     for a in amplitudes:
@@ -303,9 +345,10 @@ def amplitude_ablation(
                           seed=seed, progress=progress, **kwargs)
         ppl = perplexity(work, tokenizer, text, seq_len=ppl_seq_len, max_windows=ppl_windows).perplexity
         rows.append(AblationRow(amplitude=a, params=rep.params_after, non_embedding=rep.non_embedding_after,
-                                sparsity=rep.sparsity, perplexity=ppl, seconds=rep.seconds))
+                                sparsity=rep.sparsity, perplexity=ppl, seconds=rep.seconds,
+                                heldout_perplexity=heldout_ppl(work)))
         reports.append(rep)
         del work
     return AblationReport(ratio=ratio, steps=steps, params_before=count_parameters(model).total,
                           perplexity_before=base_ppl, ppl_windows=ppl_windows, ppl_seq_len=ppl_seq_len,
-                          rows=rows, reports=reports)
+                          rows=rows, reports=reports, heldout_tokens=0 if heldout is None else heldout.numel())

@@ -96,7 +96,37 @@ def test_ablation_runs_each_amplitude_on_a_copy():
     assert sum(p.numel() for p in model.parameters()) == before
 
 
+def test_a0_with_a_hybrid_criterion_reproduces_uniform_hybrid_pruning():
+    """The within-layer criterion is pluggable: A = 0, T = 1, MLP only, maw_hybrid == uniform maw_hybrid."""
+    a = tiny_model("llama")
+    rep = adapt_prune(a, ratio=0.3, amplitude=0.0, steps=1, calibration=CAL, prune_heads=False,
+                      criterion="maw_hybrid", progress=False)
+    assert rep.criterion == "maw_hybrid" and len(set(rep.widths_after)) == 1
+    b = tiny_model("llama")
+    prune_width(b, criterion="maw_hybrid", ratio=(48 - rep.widths_after[0]) / 48, calibration=CAL, progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(a(input_ids=X).logits, b(input_ids=X).logits, rtol=0, atol=0)
+    c = tiny_model("llama")
+    adapt_prune(c, ratio=0.3, amplitude=0.0, steps=1, calibration=CAL, prune_heads=False, progress=False)
+    with torch.no_grad():  # and Taylor chooses other neurons on the same data
+        assert not torch.equal(a(input_ids=X).logits, c(input_ids=X).logits)
+
+
+def test_ablation_selects_amplitude_on_heldout_text():
+    held = torch.randint(3, 120, (3, 16), generator=torch.Generator().manual_seed(7))
+    rep = amplitude_ablation(tiny_model("llama"), tiny_tokenizer(), ratio=0.3, amplitudes=[0.0, 0.2, 0.5], steps=1,
+                             calibration=CAL, heldout=held, text="a b c d e f g. " * 20, ppl_windows=1,
+                             ppl_seq_len=32, progress=False)
+    assert rep.heldout_tokens == 48
+    held_ppls = [r.heldout_perplexity for r in rep.rows]
+    assert all(p > 1 for p in held_ppls) and len(set(held_ppls)) == 3
+    assert rep.selected.heldout_perplexity == min(held_ppls)
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(ratio=0.4, criterion="maw"), "static criterion"),
+    (dict(ratio=0.4, criterion="maw_hybrid"), "different scales"),
+    (dict(ratio=0.4, criterion="nope"), "nope"),
     (dict(ratio=0.0), "must be in"),
     (dict(ratio=0.96), "must be in"),
     (dict(ratio=0.4, amplitude=-1.0), "amplitude"),

@@ -67,10 +67,16 @@ def test_ablation_table(saved_tiny, tmp_path, text_file, monkeypatch):
     js = tmp_path / "abl.json"
     result = runner.invoke(app, ["prune", "width", str(saved_tiny), "--adaptive", "--amplitude", "0,0.2", "--steps", "1",
                                  "--ratio", "0.3", "--calibration", str(text_file), "--calib-samples", "4",
-                                 "--calib-seq-len", "16", "--ppl-windows", "2", "--json", str(js)])
+                                 "--calib-seq-len", "16", "--ppl-windows", "2", "--heldout-samples", "2",
+                                 "--criterion", "maw_hybrid", "--mlp-only", "--json", str(js)])
     assert result.exit_code == 0, result.output
-    rows = json.loads(js.read_text())["rows"]
+    data = json.loads(js.read_text())
+    rows = data["rows"]
     assert [r["amplitude"] for r in rows] == [0.0, 0.2] and all(r["perplexity"] > 1 for r in rows)
+    assert all(r["heldout_perplexity"] > 1 for r in rows) and data["heldout_tokens"] == 2 * 16
+    best = min(rows, key=lambda r: r["heldout_perplexity"])["amplitude"]
+    assert data["selected_amplitude"] == best and f"selected A = {best:g}" in result.output
+    assert all(r["criterion"] == "maw_hybrid" for r in data["reports"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -80,6 +86,7 @@ def test_ablation_table(saved_tiny, tmp_path, text_file, monkeypatch):
     (["--ratio", "0.95", "--round-to", "8"], "0 MLP neurons"),
     (["--adaptive", "--amplitude", "x"], "--amplitude must be"),
     (["--adaptive"], "--adaptive needs --ratio"),
+    (["--adaptive", "--ratio", "0.3", "--criterion", "maw_hybrid"], "--mlp-only"),
 ])
 def test_bad_input_nothing_written(saved_tiny, tmp_path, args, message):
     out = tmp_path / "o"
