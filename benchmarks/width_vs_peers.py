@@ -10,8 +10,10 @@ and, where it uses data, the same calibration batch (LAMBADA calibration pool, d
 * prunelab ``maw_hybrid`` vs OptiPFair data-driven ("hybrid") MAW (same batches, same batch size),
 * prunelab ``taylor`` vs torch-pruning ``GroupTaylorImportance`` + ``BasePruner`` (MLP channels only; the
   gradients are accumulated over the same batches),
-* prunelab Adapt-Pruner (``adapt_prune``, A = 0.02) at the *same number of parameters* as the uniform models
-  (its block sparsity is set to the uniform models' block sparsity).
+* prunelab Adapt-Pruner (``adapt_prune``) at the *same number of parameters* as the uniform models (its block
+  sparsity is set to the uniform models' block sparsity), for every amplitude of ``--amplitudes`` (the paper's
+  0.02, and the value the held-out amplitude ablation selects, see README), heads + MLP and (with
+  ``--adaptive-mlp-only``) MLP only, with every within-layer criterion of ``--adaptive-criteria``.
 
 Columns: parameters, WikiText-2 perplexity over a fixed slice (the first ``--ppl-windows`` windows of 512 tokens),
 ARC-Easy accuracy on a seeded sample of ``--arc-limit`` items (if ``prunelab.evaluate`` is available) and the
@@ -42,7 +44,7 @@ from prunelab.data import load_wikitext2_text  # noqa: E402
 from prunelab.data.calibration import calibration_batch  # noqa: E402
 from prunelab.evaluate.perplexity import perplexity  # noqa: E402
 from prunelab.models import adapter_for, count_parameters, flops_per_token  # noqa: E402
-from prunelab.prune.adaptive import adapt_prune  # noqa: E402
+from prunelab.prune.adaptive import LOSS_SCALED_CRITERIA, adapt_prune  # noqa: E402
 from prunelab.prune.width import prune_width  # noqa: E402
 
 
@@ -139,7 +141,9 @@ def main() -> None:
     ap.add_argument("--ppl-windows", type=int, default=4)
     ap.add_argument("--arc-limit", type=int, default=100)
     ap.add_argument("--steps", type=int, default=4, help="Adapt-Pruner steps T")
-    ap.add_argument("--amplitude", type=float, default=0.02)
+    ap.add_argument("--amplitudes", default="0.02", help="comma list of Adapt-Pruner amplitudes A")
+    ap.add_argument("--adaptive-criteria", default="taylor",
+                    help="comma list of within-layer criteria (non-Taylor ones run MLP-only)")
     ap.add_argument("--skip", default="", help="comma list of method names to skip (e.g. 'torch-pruning Taylor')")
     ap.add_argument("--adaptive-mlp-only", action="store_true", help="also run Adapt-Pruner restricted to MLP neurons")
     args = ap.parse_args()
@@ -159,7 +163,7 @@ def main() -> None:
     dense_blocks = block_params(dense)
     console.print(f"calibration {tuple(cal.shape)} (lambada), batch {args.batch_size}; WikiText-2 first "
                   f"{args.ppl_windows}×512 tokens; ARC-Easy {args.arc_limit} items; Adapt-Pruner T={args.steps}, "
-                  f"A={args.amplitude}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+                  f"A ∈ {{{args.amplitudes}}}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     def evaluate_row(name, model, seconds, extra="", cpu=0.0):
         ppl = perplexity(model, tok, text, seq_len=512, max_windows=args.ppl_windows).perplexity
@@ -202,13 +206,17 @@ def main() -> None:
                 lambda _: f"overlap with prunelab taylor {overlap(kept['prunelab taylor'], kept['torch-pruning Taylor']):.1%}")
         # Adapt-Pruner at the same parameter count as the uniform models: same decoder-block sparsity
         target = 1.0 - block_params(m_maw) / dense_blocks
-        for heads in ((True, False) if args.adaptive_mlp_only else (True,)):
-            label = "prunelab adaptive" + ("" if heads else " (MLP only)")
-            run(label, lambda m, h=heads: adapt_prune(m, ratio=target, amplitude=args.amplitude, steps=args.steps,
-                                                      calibration=cal, batch_size=args.batch_size, prune_heads=h,
-                                                      progress=False),
-                lambda rep: f"block sparsity {rep.sparsity:.1%} (target {target:.1%}), "
-                            f"widths {min(rep.widths_after)}–{max(rep.widths_after)}, heads {sum(rep.heads_after)}")
+        for crit in args.adaptive_criteria.split(","):
+            for heads in ((True, False) if args.adaptive_mlp_only else (True,)):
+                if heads and crit not in LOSS_SCALED_CRITERIA:
+                    continue
+                for amp in [float(a) for a in args.amplitudes.split(",")]:
+                    label = (f"prunelab adaptive {crit} A={amp:g}" + ("" if heads else " (MLP only)"))
+                    run(label, lambda m, h=heads, a=amp, c=crit: adapt_prune(
+                            m, ratio=target, amplitude=a, steps=args.steps, calibration=cal, batch_size=args.batch_size,
+                            prune_heads=h, criterion=c, progress=False),
+                        lambda rep: f"block sparsity {rep.sparsity:.1%} (target {target:.1%}), "
+                                    f"widths {min(rep.widths_after)}–{max(rep.widths_after)}, heads {sum(rep.heads_after)}")
         if abs(ratio - 0.4) < 1e-9 and m_maw is not None:
             speedup(dense, m_maw, cal)
 

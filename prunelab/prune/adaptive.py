@@ -282,6 +282,8 @@ class AblationReport:
     rows: list[AblationRow]
     reports: list[AdaptiveReport] = field(default_factory=list, repr=False)
     heldout_tokens: int = 0
+    #: with ``keep_best=True``: the pruned model of :attr:`selected` (others are freed as the ablation runs)
+    best_model: nn.Module | None = field(default=None, repr=False)
 
     @property
     def selected(self) -> AblationRow | None:
@@ -305,13 +307,15 @@ def amplitude_ablation(
     ppl_windows: int = 8,
     ppl_seq_len: int = 512,
     progress: bool = True,
+    keep_best: bool = False,
     **kwargs,
 ) -> AblationReport:
     """Run :func:`adapt_prune` on a fresh copy of ``model`` for every amplitude; WikiText-2 perplexity (first
     ``ppl_windows`` windows of ``ppl_seq_len``, or ``text``) of each, and the perplexity of ``heldout`` calibration
     text, by which :attr:`AblationReport.selected` picks A. When the calibration batch is drawn here (``calibration``
     is None) the next ``heldout_samples`` sequences of the same shuffled source are held out (disjoint from the
-    calibration tokens). ``model`` itself is not modified."""
+    calibration tokens). ``model`` itself is not modified; ``keep_best`` keeps the selected amplitude's pruned
+    model in :attr:`AblationReport.best_model` (needs held-out text)."""
     from prunelab.evaluate.perplexity import perplexity, perplexity_of_ids
 
     if not amplitudes:
@@ -331,6 +335,8 @@ def amplitude_ablation(
     else:
         calibration = resolve_calibration(tokenizer, calibration, n_cal, kwargs.pop("calibration_seq_len", 128),
                                           kwargs.pop("calibration_source", "lambada"), seed)
+    if keep_best and heldout is None:
+        raise PrunelabError("choosing an amplitude needs held-out text: give heldout_samples > 0 or a heldout batch")
 
     def heldout_ppl(m: nn.Module) -> float | None:
         if heldout is None:
@@ -339,16 +345,21 @@ def amplitude_ablation(
 
     base_ppl = perplexity(model, tokenizer, text, seq_len=ppl_seq_len, max_windows=ppl_windows).perplexity
     rows, reports = [], []
+    best: tuple[float, nn.Module] | None = None
     for a in amplitudes:
         work = copy.deepcopy(model)
         rep = adapt_prune(work, tokenizer, ratio=ratio, amplitude=a, steps=steps, calibration=calibration,
                           seed=seed, progress=progress, **kwargs)
         ppl = perplexity(work, tokenizer, text, seq_len=ppl_seq_len, max_windows=ppl_windows).perplexity
+        held = heldout_ppl(work)
         rows.append(AblationRow(amplitude=a, params=rep.params_after, non_embedding=rep.non_embedding_after,
-                                sparsity=rep.sparsity, perplexity=ppl, seconds=rep.seconds,
-                                heldout_perplexity=heldout_ppl(work)))
+                                sparsity=rep.sparsity, perplexity=ppl, seconds=rep.seconds, heldout_perplexity=held))
         reports.append(rep)
+        if keep_best and (best is None or held < best[0]):  # first of equal values wins, as in ``selected``
+            best = (held, work)
         del work
-    return AblationReport(ratio=ratio, steps=steps, params_before=count_parameters(model).total,
-                          perplexity_before=base_ppl, ppl_windows=ppl_windows, ppl_seq_len=ppl_seq_len,
-                          rows=rows, reports=reports, heldout_tokens=0 if heldout is None else heldout.numel())
+    report = AblationReport(ratio=ratio, steps=steps, params_before=count_parameters(model).total,
+                            perplexity_before=base_ppl, ppl_windows=ppl_windows, ppl_seq_len=ppl_seq_len,
+                            rows=rows, reports=reports, heldout_tokens=0 if heldout is None else heldout.numel(),
+                            best_model=None if best is None else best[1])
+    return report

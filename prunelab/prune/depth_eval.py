@@ -43,6 +43,9 @@ from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
 from prunelab.registry import Registry
 
+#: Keyword arguments of a decoder-layer call whose tensors are batch-first (stacked with the hidden states).
+_BATCH_FIRST_KWARGS = frozenset({"attention_mask", "position_ids", "position_embeddings"})
+
 #: Tokens per LM-head chunk: bounds the ``[tokens, vocab]`` logits tensor (vocab 49k × 2048 × 4 B ≈ 400 MB).
 HEAD_CHUNK = 1024
 
@@ -268,13 +271,15 @@ class BlockEvaluator:
     """
 
     def __init__(self, model: nn.Module, objective: Objective, cached: bool = True,
-                 cache_bytes: int = 2 << 30, on_evaluate: Callable[[int], None] | None = None) -> None:
+                 cache_bytes: int = 2 << 30, on_evaluate: Callable[[int], None] | None = None,
+                 batch_tokens: int = 8192) -> None:
         if not objective.batches:
             raise PrunelabError("empty calibration set: the objective has no batches")
         self.model = model
         self.objective = objective
         self.cached = cached
         self.cache_bytes = int(cache_bytes)
+        self.batch_tokens = int(batch_tokens)
         self.on_evaluate = on_evaluate
         self.adapter = adapter_for(model)
         self.layers = list(self.adapter.layers(model))
@@ -393,15 +398,107 @@ class BlockEvaluator:
         with torch.inference_mode():
             normed = self._cached_normed(s) if self.cached else self._naive_normed(s)
             value = float(self.objective.reduce(self.model, normed))
+        self._record(s, value)
+        if not self.cached:
+            self.memo.pop(s, None)
+        return value
+
+    def evaluate_many(self, sets: Iterable[Iterable[int]]) -> list[float]:
+        """``[L(S) for S in sets]`` — with the cache, the not-yet-memoised candidates run *together*.
+
+        Candidates advance in lock-step through the blocks: at each round the lowest next block ``m`` runs once on
+        the hidden states of every candidate (lane) that keeps it next, stacked along the batch dimension, so a
+        block's weights are streamed once per round instead of once per candidate and small calibration batches
+        fill the matrix units. Lanes with the same kept prefix are one lane (their states are identical), and every
+        lane starts from the longest cached prefix. Row ``r`` of a stacked batch is computed exactly as it would be
+        alone (decoder blocks are row-independent), so values equal :meth:`__call__`'s up to float summation order.
+        At most ``batch_tokens`` calibration tokens are stacked per block call (larger sets run in groups).
+        """
+        checked = [self._check(s) for s in sets]
+        if not self.cached:
+            return [self(s) for s in checked]
+        todo = list(dict.fromkeys(s for s in checked if s not in self.memo))
+        per_candidate = max(1, sum(b.input_ids.numel() for b in self.objective.batches))
+        group = max(1, self.batch_tokens // per_candidate)
+        if group > 1 and len(todo) > 1:
+            with torch.inference_mode():
+                for g in range(0, len(todo), group):
+                    chunk = todo[g : g + group]
+                    for s, normed in zip(chunk, self._stacked_normed(chunk)):
+                        self._record(s, float(self.objective.reduce(self.model, normed)))
+        values = []
+        for s in checked:  # memo hits now, or one-at-a-time when stacking does not apply
+            values.append(self(s))
+        return values
+
+    def _record(self, s: frozenset[int], value: float) -> None:
         if not math.isfinite(value):
             raise PrunelabError(f"objective is not finite ({value}) for removed blocks {sorted(s)}")
         if s not in self.seen:
             self.seen.add(s)
             if self.on_evaluate:
                 self.on_evaluate(len(self.seen))
-        if self.cached:
-            self.memo[s] = value
-        return value
+        self.memo[s] = value
+
+    def _stacked_kwargs(self, batch: int, idx: int, lanes: int) -> dict:
+        """Block ``idx``'s captured kwargs for ``lanes`` copies of calibration batch ``batch`` stacked on dim 0:
+        batch-first tensors (mask, position ids, rotary cos/sin) are repeated when the batch has > 1 row; with one
+        row they broadcast as they are."""
+        rows = self.objective.batches[batch].input_ids.shape[0]
+        kw = self._kwargs[batch][idx]
+        if rows == 1 or lanes == 1:
+            return kw
+
+        def rep(v):
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows:
+                return v.repeat(lanes, *([1] * (v.dim() - 1)))
+            if isinstance(v, tuple):
+                return tuple(rep(x) for x in v)
+            return v
+
+        return {k: (rep(v) if k in _BATCH_FIRST_KWARGS else v) for k, v in kw.items()}
+
+    def _stacked_normed(self, chunk: list[frozenset[int]]) -> list[list[torch.Tensor]]:
+        self._capture()
+        kept = [tuple(i for i in range(self.n_blocks) if i not in s) for s in chunk]
+        starts: dict[tuple[int, ...], tuple[list[torch.Tensor], list[int]]] = {}
+        for c, kp in enumerate(kept):
+            start, states = self._longest_prefix(kp)
+            starts.setdefault(kp[:start], (states, []))[1].append(c)
+        # a lane: (kept prefix run so far, its hidden states per calibration batch, member candidates)
+        lanes = [(prefix, states, members) for prefix, (states, members) in starts.items()]
+        finished: dict[int, list[torch.Tensor]] = {}
+        while True:
+            # split lanes whose members want different next blocks; members at the end of their sequence finish
+            pending = []  # (prefix, states, members, next block)
+            for prefix, states, members in lanes:
+                by_next: dict[int, list[int]] = {}
+                for c in members:
+                    if len(kept[c]) == len(prefix):
+                        finished[c] = states
+                    else:
+                        by_next.setdefault(kept[c][len(prefix)], []).append(c)
+                pending.extend((prefix, states, mem, nb) for nb, mem in by_next.items())
+            if not pending:
+                break
+            m = min(p[3] for p in pending)
+            run = [p for p in pending if p[3] == m]
+            lanes = [p[:3] for p in pending if p[3] != m]
+            outs: list[list[torch.Tensor]] = [[] for _ in run]
+            for b in range(len(self.objective.batches)):
+                stacked = torch.cat([p[1][b] for p in run]) if len(run) > 1 else run[0][1][b]
+                out = self.layers[m](stacked, **self._stacked_kwargs(b, m, len(run)))
+                out = out[0] if isinstance(out, tuple) else out
+                for r, piece in enumerate(out.split(run[0][1][b].shape[0]) if len(run) > 1 else (out,)):
+                    outs[r].append(piece)
+            self.blocks_run += len(run)
+            for (prefix, _, members, _), states in zip(run, outs):
+                key = prefix + (m,)
+                if any(len(kept[c]) > len(key) for c in members):  # full kept sequences are memoised by value
+                    self._put(key, states)
+                lanes.append((key, states, members))
+        norm = self.adapter.final_norm(self.model)
+        return [[norm(h) for h in finished[c]] for c in range(len(chunk))]
 
     @property
     def candidates(self) -> int:

@@ -38,9 +38,16 @@ def _key(val: float, s) -> tuple:
     return (val, tuple(sorted(s)))
 
 
+def evaluate_all(ev, sets: list) -> list[float]:
+    """``[ev(s) for s in sets]``, through ``ev.evaluate_many`` when the evaluator has it (the cached
+    :class:`~prunelab.prune.depth_eval.BlockEvaluator` runs independent candidates together)."""
+    many = getattr(ev, "evaluate_many", None)
+    return list(many(sets)) if many is not None else [ev(s) for s in sets]
+
+
 def _one_shot_scores(ev, n: int) -> np.ndarray:
     """``L({i})`` for every single block ``i``."""
-    return np.array([ev([i]) for i in range(n)], dtype=float)
+    return np.array(evaluate_all(ev, [[i] for i in range(n)]), dtype=float)
 
 
 @SEARCHES.register("one-shot")
@@ -55,7 +62,9 @@ def greedy(ev, k: int, seed: int = 0) -> list[int]:
     """SLEB-style iterative removal: ``S ← S ∪ {argmin_j L(S ∪ {j})}``, re-scoring the rest each step."""
     removed: list[int] = []
     for _ in range(k):
-        best = min((_key(ev(removed + [j]), removed + [j]), j) for j in range(ev.n_blocks) if j not in removed)
+        options = [j for j in range(ev.n_blocks) if j not in removed]
+        values = evaluate_all(ev, [removed + [j] for j in options])
+        best = min((_key(v, removed + [j]), j) for v, j in zip(values, options))
         removed.append(best[1])
     return sorted(removed)
 
@@ -68,13 +77,8 @@ def beam(ev, k: int, seed: int = 0, beam_width: int = 5) -> list[int]:
         raise PrunelabError(f"beam width must be ≥ 1, got {beam_width}")
     beams: list[frozenset[int]] = [frozenset()]
     for _ in range(k):
-        scored: dict[frozenset[int], float] = {}
-        for b in beams:
-            for j in range(ev.n_blocks):
-                if j not in b:
-                    s = b | {j}
-                    if s not in scored:
-                        scored[s] = ev(sorted(s))
+        expanded = list(dict.fromkeys(b | {j} for b in beams for j in range(ev.n_blocks) if j not in b))
+        scored = dict(zip(expanded, evaluate_all(ev, [sorted(s) for s in expanded])))
         beams = [s for s in sorted(scored, key=lambda s: _key(scored[s], s))[:beam_width]]
     return sorted(beams[0])
 
@@ -113,7 +117,7 @@ def genetic(ev, k: int, seed: int = 0, population: int = 16, elitism: float = 0.
         tries += 1
         if s not in pop or tries > 50 * population:
             pop.append(s)
-    fit = {s: ev(sorted(s)) for s in pop}
+    fit = dict(zip(pop, evaluate_all(ev, [sorted(s) for s in pop])))
     n_elite = max(1, int(round(elitism * population)))
 
     def tournament(ranked):
@@ -135,10 +139,9 @@ def genetic(ev, k: int, seed: int = 0, population: int = 16, elitism: float = 0.
                 pk = prior[kept] / prior[kept].sum()
                 child.discard(out)
                 child.add(int(rng.choice(kept, p=pk)))
-            c = frozenset(child)
-            if c not in fit:
-                fit[c] = ev(sorted(c))
-            nxt.append(c)
+            nxt.append(frozenset(child))
+        new = [c for c in dict.fromkeys(nxt) if c not in fit]  # children depend on the RNG only, so score them together
+        fit.update(zip(new, evaluate_all(ev, [sorted(c) for c in new])))
         pop = nxt
     best = min(fit, key=lambda s: _key(fit[s], s))
     return sorted(best)
@@ -238,11 +241,12 @@ def cbo(ev, k: int, seed: int = 0, max_enumerate: int = 20_000_000) -> list[int]
     ``n + n(n−1)/2`` evaluations) and minimise it subject to ``|S| = k`` (:func:`minimise_quadratic`)."""
     n = ev.n_blocks
     base = ev([])
-    a = np.array([ev([i]) - base for i in range(n)])
+    a = np.array(evaluate_all(ev, [[i] for i in range(n)])) - base
     B = np.zeros((n, n))
     if k >= 2:
-        for i, j in itertools.combinations(range(n), 2):
-            B[i, j] = ev([i, j]) - base - a[i] - a[j]
+        pairs = list(itertools.combinations(range(n), 2))
+        for (i, j), v in zip(pairs, evaluate_all(ev, [[i, j] for i, j in pairs])):
+            B[i, j] = v - base - a[i] - a[j]
     s, _, solver = minimise_quadratic(a, B, k, max_enumerate=max_enumerate, seed=seed)
     ev.notes["cbo_solver"] = solver
     return s

@@ -53,6 +53,25 @@ def test_cached_equals_naive_and_real_pruned_model(family, objective):
             assert cached(s) == pytest.approx(ref, abs=1e-5)
 
 
+@pytest.mark.parametrize("objective", ["perplexity", "margin"])
+def test_stacked_candidates_equal_one_at_a_time(family, objective):
+    """evaluate_many (candidates stacked on the batch dim, lanes sharing prefixes) == one candidate per call,
+    for padded multi-row batches (margin) and several calibration batches; a small token cap forces groups."""
+    model = tiny_model(family, num_hidden_layers=6)
+    calib = _tokens() if objective == "perplexity" else _mc_items()
+    obj = build_objective(model, tiny_tokenizer(), objective, calib, batch_size=2)
+    sets = [[1], [4], [2, 3], [0, 5], [1, 3, 4], [2], [2, 4], [5], [1], [2, 3], [], [3, 4, 5]]
+    one = BlockEvaluator(model, obj, batch_tokens=0)
+    expected = [one(s) for s in sets]
+    for cap in (10**6, 2 * sum(b.input_ids.numel() for b in obj.batches)):
+        ev = BlockEvaluator(model, obj, batch_tokens=cap)
+        got = ev.evaluate_many(sets)
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert ev.candidates == len({frozenset(s) for s in sets}) and ev.requests == len(sets)
+        assert ev.blocks_run <= one.blocks_run  # shared lanes never run more blocks than one-at-a-time
+        assert ev.evaluate_many([[4], [2, 3]]) == got[1:3]  # memoised
+
+
 def test_cache_memory_bound_keeps_results_exact():
     model = tiny_model("llama", num_hidden_layers=6)
     obj = build_objective(model, tiny_tokenizer(), "perplexity", _tokens())
@@ -136,6 +155,9 @@ def test_greedy_cached_and_naive_pick_the_same_blocks():
     b = search_blocks(model, 3, "perplexity", "beam", cached=False, **kw)
     assert a.removed == b.removed and a.candidates == b.candidates
     assert a.stats["blocks_run"] < b.stats["blocks_run"]
+    c = search_blocks(model, 3, "perplexity", "beam", batch_tokens=0, **kw)  # cached, one candidate per call
+    assert c.removed == a.removed and c.objective_value == pytest.approx(a.objective_value, abs=1e-6)
+    assert c.stats["batch_tokens"] == 0 and a.stats["batch_tokens"] > 0
 
 
 @pytest.mark.parametrize("k", [0, -1, 4, 5])

@@ -79,6 +79,27 @@ def test_ablation_table(saved_tiny, tmp_path, text_file, monkeypatch):
     assert all(r["criterion"] == "maw_hybrid" for r in data["reports"])
 
 
+def test_amplitude_list_with_output_saves_the_heldout_best(saved_tiny, tmp_path, text_file, monkeypatch):
+    import prunelab.data
+    from prunelab.cli.prune_width import AUTO_AMPLITUDES, parse_amplitudes
+
+    assert parse_amplitudes("auto") == list(AUTO_AMPLITUDES)
+    monkeypatch.setattr(prunelab.data, "load_wikitext2_text", lambda: text_file.read_text())
+    out, js = tmp_path / "best", tmp_path / "best.json"
+    result = runner.invoke(app, ["prune", "width", str(saved_tiny), "--adaptive", "--amplitude", "0,0.3", "--steps", "1",
+                                 "--ratio", "0.3", "--calibration", str(text_file), "--calib-samples", "4",
+                                 "--calib-seq-len", "16", "--ppl-windows", "1", "--heldout-samples", "2",
+                                 "-o", str(out), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    rows = data["amplitude_selection"]["rows"]
+    best = min(rows, key=lambda r: r["heldout_perplexity"])
+    assert data["amplitude"] == best["amplitude"] and data["params_after"] == best["params"]
+    lm = prunelab.load(out)
+    assert sum(p.numel() for p in lm.model.parameters()) == best["params"]
+    assert (out / "sparsity_profile.png").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ratio", "1.5"], "ratio must be in [0, 1)"),
     (["--ratio", "0.2", "--criterion", "nope"], "unknown width criterion 'nope'"),
@@ -87,6 +108,7 @@ def test_ablation_table(saved_tiny, tmp_path, text_file, monkeypatch):
     (["--adaptive", "--amplitude", "x"], "--amplitude must be"),
     (["--adaptive"], "--adaptive needs --ratio"),
     (["--adaptive", "--ratio", "0.3", "--criterion", "maw_hybrid"], "--mlp-only"),
+    (["--adaptive", "--ratio", "0.3", "--amplitude", "auto", "--heldout-samples", "0"], "held-out"),
 ])
 def test_bad_input_nothing_written(saved_tiny, tmp_path, args, message):
     out = tmp_path / "o"
