@@ -79,15 +79,17 @@ def build_objective(model: nn.Module, tokenizer, objective: str, calibration=Non
 def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perplexity", search: str = "greedy",
                   calibration=None, seed: int = 0, tokenizer=None, options: dict[str, Any] | None = None,
                   calibration_options: dict[str, Any] | None = None, cached: bool = True,
-                  cache_bytes: int = 2 << 30, batch_tokens: int = 8192, progress: bool = True,
+                  cache_bytes: int = 2 << 30, batch_tokens: int = 8192, screen: bool = True,
+                  progress: bool = True,
                   on_evaluate: Callable[[int], None] | None = None) -> SearchResult:
     """Find ``k`` blocks to remove from ``model`` (not modified) with ``search`` under ``objective``.
 
     ``options`` override the search's study defaults (:data:`SEARCH_DEFAULTS`, e.g. ``{"trials": 50}`` for
     BO); ``calibration_options`` size the default calibration (``n_samples``, ``seq_len``, ``source``,
     ``mc_source``, ``batch_size``). ``batch_tokens`` caps the calibration tokens of candidates stacked into one
-    block call (:meth:`BlockEvaluator.evaluate_many`; 0 evaluates one candidate at a time). Every input is validated
-    before any work.
+    block call (:meth:`BlockEvaluator.evaluate_many`; 0 evaluates one candidate at a time). ``screen`` lets
+    greedy, beam and one-shot skip the full objective of candidates whose cheap lower bound already loses
+    (:meth:`BlockEvaluator.best_of`; the result is the same). Every input is validated before any work.
     """
     fn = SEARCHES.get(search)
     if not isinstance(objective, Objective):
@@ -122,7 +124,7 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
     else:
         callback = on_evaluate
     ev = BlockEvaluator(model, obj, cached=cached, cache_bytes=cache_bytes, on_evaluate=callback,
-                        batch_tokens=batch_tokens)
+                        batch_tokens=batch_tokens, screen=screen)
     try:
         if bar:
             bar.start()
@@ -143,7 +145,8 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
         mask=[i not in set(removed) for i in range(n)], objective_value=value, baseline_value=baseline,
         candidates=candidates, seconds=seconds, seed=seed, options=opts,
         stats={"requests": requests, "blocks_run": blocks_run, "cache_hits": ev.cache_hits,
-               "cached": cached, "batch_tokens": batch_tokens if cached else 0, **ev.notes},
+               "cached": cached, "batch_tokens": batch_tokens if cached else 0, "screened": ev.screened,
+               **ev.notes},
     )
 
 

@@ -121,6 +121,13 @@ class Objective:
     def reduce(self, model: nn.Module, normed: Sequence[torch.Tensor]) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prepare_bound(self, model: nn.Module, dense_normed: Sequence[torch.Tensor]) -> None:
+        """Called once with the dense model's final normed states (objectives with a cheap bound set it up)."""
+
+    def lower_bound(self, model: nn.Module, normed: Sequence[torch.Tensor]) -> float | None:
+        """A cheap ``B ≤ reduce(model, normed)``, or None when the objective has none."""
+        return None
+
     def token_mask(self, batch: Batch) -> torch.Tensor:
         """Which positions are real tokens (for block-influence averaging)."""
         if batch.attention_mask is None:
@@ -146,6 +153,44 @@ class PerplexityObjective(Objective):
             total -= float(_token_logprobs(model, hid, tgt).double().sum())
             count += tgt.numel()
         return total / count
+
+    #: tokens per calibration position added to the bound's vocabulary (the dense model's most likely ones)
+    support_top_k = 64
+
+    def prepare_bound(self, model, dense_normed):
+        """The bound's vocabulary ``U``: every target token plus the dense model's top-``support_top_k`` tokens at
+        every calibration position (where a slightly pruned model still puts most of its probability mass)."""
+        ids = [b.input_ids.reshape(-1) for b in self.batches]
+        for h in dense_normed:
+            for s in range(0, h.shape[0] * h.shape[1], HEAD_CHUNK):
+                rows = h.reshape(-1, h.shape[-1])[s : s + HEAD_CHUNK]
+                ids.append(lm_logits(model, rows).topk(self.support_top_k, dim=-1).indices.reshape(-1))
+        self.support = torch.unique(torch.cat(ids))
+        self._target_pos = [torch.searchsorted(self.support, b.input_ids[:, 1:].reshape(-1)) for b in self.batches]
+
+    def lower_bound(self, model, normed):
+        """``B = (1/T) Σ_t [logsumexp_{v∈U} z_t,v − z_t,y_t] ≤ L`` for a vocabulary ``U ∋ y_t``: dropping terms from
+        a log-sum-exp can only lower it. Costs ``|U|/|V|`` of the LM head; minus a float-rounding allowance."""
+        support = getattr(self, "support", None)
+        if support is None:
+            return None
+        head = model.get_output_embeddings()
+        w = head.weight[support]
+        bias = None if head.bias is None else head.bias[support]
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        total, count = 0.0, 0
+        for b, h, tpos in zip(self.batches, normed, self._target_pos):
+            hid = h[:, :-1].reshape(-1, h.shape[-1])
+            for s in range(0, hid.shape[0], HEAD_CHUNK):
+                z = nn.functional.linear(hid[s : s + HEAD_CHUNK], w, bias).float()
+                if cap:
+                    z = torch.tanh(z / cap) * cap
+                tp = tpos[s : s + HEAD_CHUNK]
+                nll = torch.logsumexp(z, dim=-1) - z.gather(1, tp[:, None]).squeeze(1)
+                total += float(nll.double().sum())
+            count += hid.shape[0]
+        bound = total / count
+        return bound - 1e-5 * max(1.0, abs(bound))
 
 
 class MarginObjective(Objective):
@@ -267,12 +312,13 @@ class BlockEvaluator:
     """``evaluator(removed) -> L(S)``, cached (default) or naive (HF forward from the embeddings each time).
 
     Counters: ``candidates`` (distinct sets evaluated), ``requests`` (calls), ``blocks_run`` (decoder-block
-    forward passes over the whole calibration set), ``cache_hits``.
+    forward passes over the whole calibration set), ``cache_hits``, ``screened`` (candidates :meth:`best_of` ruled
+    out by their lower bound, without the full LM head).
     """
 
     def __init__(self, model: nn.Module, objective: Objective, cached: bool = True,
                  cache_bytes: int = 2 << 30, on_evaluate: Callable[[int], None] | None = None,
-                 batch_tokens: int = 8192) -> None:
+                 batch_tokens: int = 8192, screen: bool = True) -> None:
         if not objective.batches:
             raise PrunelabError("empty calibration set: the objective has no batches")
         self.model = model
@@ -280,6 +326,9 @@ class BlockEvaluator:
         self.cached = cached
         self.cache_bytes = int(cache_bytes)
         self.batch_tokens = int(batch_tokens)
+        self.screen = bool(screen)
+        self.screened = 0
+        self._bound_ready: bool | None = None
         self.on_evaluate = on_evaluate
         self.adapter = adapter_for(model)
         self.layers = list(self.adapter.layers(model))
@@ -329,6 +378,10 @@ class BlockEvaluator:
                 h.remove()
         self._dense = inputs
         self._captured = True
+        if self.cached and self.screen:
+            norm = self.adapter.final_norm(self.model)
+            self.objective.prepare_bound(self.model, [norm(h) for h in inputs[n]])
+            self._bound_ready = self.objective.lower_bound(self.model, [norm(h) for h in inputs[n]]) is not None
         if self.cached:
             # the dense trajectory: the state after kept prefix (0..i-1) is the input of block i
             self._root = inputs[0]
@@ -431,7 +484,53 @@ class BlockEvaluator:
             values.append(self(s))
         return values
 
-    def _record(self, s: frozenset[int], value: float) -> None:
+    def best_of(self, sets: Iterable[Iterable[int]], n: int) -> list[tuple[frozenset[int], float]]:
+        """The ``n`` best candidates of ``sets`` with their exact values, best first (ties: the smaller sorted set),
+        exactly as if every candidate had been evaluated — but candidates whose cheap lower bound
+        (:meth:`Objective.lower_bound`, perplexity: log-sum-exp over a small vocabulary) already exceeds the
+        ``n``-th best exact value so far skip the full LM head (``screen=True``, cached mode only)."""
+        distinct = list(dict.fromkeys(self._check(s) for s in sets))
+        self.requests += len(distinct)
+        key = lambda item: (item[1], tuple(sorted(item[0])))  # noqa: E731
+        exact = {s: self.memo[s] for s in distinct if self.cached and s in self.memo}
+        todo = [s for s in distinct if s not in exact]
+        if todo and self.cached and self.screen:
+            self._capture()
+        if not todo or not self.cached or not self.screen or self._bound_ready is False:
+            self.requests -= len(todo)
+            exact.update(zip(todo, self.evaluate_many(todo)))
+            return sorted(exact.items(), key=key)[:n]
+        per_candidate = max(1, sum(b.input_ids.numel() for b in self.objective.batches))
+        group = max(1, self.batch_tokens // per_candidate)
+
+        def threshold() -> float:
+            vals = sorted(exact.values())
+            return vals[n - 1] if len(vals) >= n else math.inf
+
+        with torch.inference_mode():
+            for g in range(0, len(todo), group):
+                chunk = todo[g : g + group]
+                normed = self._stacked_normed(chunk) if len(chunk) > 1 else [self._cached_normed(chunk[0])]
+                bounds = [self.objective.lower_bound(self.model, h) for h in normed]
+                for i in sorted(range(len(chunk)), key=lambda i: (bounds[i], tuple(sorted(chunk[i])))):
+                    s = chunk[i]
+                    if bounds[i] > threshold():  # exact ≥ bound > n-th best: cannot be among the n best
+                        self.screened += 1
+                        self._record(s, None)
+                        continue
+                    value = float(self.objective.reduce(self.model, normed[i]))
+                    self._record(s, value)
+                    exact[s] = value
+        return sorted(exact.items(), key=key)[:n]
+
+    def _record(self, s: frozenset[int], value: float | None) -> None:
+        """Count ``s`` as evaluated; memoise its exact ``value`` (None: only bounded, not memoised)."""
+        if value is None:
+            if s not in self.seen:
+                self.seen.add(s)
+                if self.on_evaluate:
+                    self.on_evaluate(len(self.seen))
+            return
         if not math.isfinite(value):
             raise PrunelabError(f"objective is not finite ({value}) for removed blocks {sorted(s)}")
         if s not in self.seen:

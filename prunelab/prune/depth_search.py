@@ -45,6 +45,16 @@ def evaluate_all(ev, sets: list) -> list[float]:
     return list(many(sets)) if many is not None else [ev(s) for s in sets]
 
 
+def best_candidates(ev, sets: list, n: int) -> list[frozenset[int]]:
+    """The ``n`` lowest-value sets of ``sets``, best first, ties broken by the smaller sorted set — through
+    ``ev.best_of`` when the evaluator has it (which may skip the full objective for sets that provably lose)."""
+    best_of = getattr(ev, "best_of", None)
+    if best_of is not None:
+        return [frozenset(s) for s, _ in best_of(sets, n)]
+    scored = dict(zip((frozenset(s) for s in sets), evaluate_all(ev, sets)))
+    return sorted(scored, key=lambda s: _key(scored[s], s))[:n]
+
+
 def _one_shot_scores(ev, n: int) -> np.ndarray:
     """``L({i})`` for every single block ``i``."""
     return np.array(evaluate_all(ev, [[i] for i in range(n)]), dtype=float)
@@ -53,8 +63,8 @@ def _one_shot_scores(ev, n: int) -> np.ndarray:
 @SEARCHES.register("one-shot")
 def one_shot(ev, k: int, seed: int = 0) -> list[int]:
     """Score each single-block removal ``L({i})``; remove the ``k`` best (lowest)."""
-    scores = _one_shot_scores(ev, ev.n_blocks)
-    return sorted(int(i) for i in np.argsort(scores, kind="stable")[:k])
+    best = best_candidates(ev, [[i] for i in range(ev.n_blocks)], k)
+    return sorted(i for s in best for i in s)
 
 
 @SEARCHES.register("greedy")
@@ -62,10 +72,9 @@ def greedy(ev, k: int, seed: int = 0) -> list[int]:
     """SLEB-style iterative removal: ``S ← S ∪ {argmin_j L(S ∪ {j})}``, re-scoring the rest each step."""
     removed: list[int] = []
     for _ in range(k):
-        options = [j for j in range(ev.n_blocks) if j not in removed]
-        values = evaluate_all(ev, [removed + [j] for j in options])
-        best = min((_key(v, removed + [j]), j) for v, j in zip(values, options))
-        removed.append(best[1])
+        options = [removed + [j] for j in range(ev.n_blocks) if j not in removed]
+        (best,) = best_candidates(ev, options, 1)
+        removed = sorted(best)
     return sorted(removed)
 
 
@@ -78,8 +87,7 @@ def beam(ev, k: int, seed: int = 0, beam_width: int = 5) -> list[int]:
     beams: list[frozenset[int]] = [frozenset()]
     for _ in range(k):
         expanded = list(dict.fromkeys(b | {j} for b in beams for j in range(ev.n_blocks) if j not in b))
-        scored = dict(zip(expanded, evaluate_all(ev, [sorted(s) for s in expanded])))
-        beams = [s for s in sorted(scored, key=lambda s: _key(scored[s], s))[:beam_width]]
+        beams = best_candidates(ev, [sorted(s) for s in expanded], beam_width)
     return sorted(beams[0])
 
 

@@ -72,6 +72,39 @@ def test_stacked_candidates_equal_one_at_a_time(family, objective):
         assert ev.evaluate_many([[4], [2, 3]]) == got[1:3]  # memoised
 
 
+@pytest.mark.parametrize("top_k", [1, 64])
+def test_lower_bound_and_best_of_match_exhaustive_evaluation(family, top_k):
+    """The perplexity bound never exceeds the exact value (loose with top_k=1, tight with 64), and best_of returns
+    exactly the n best of an exhaustive evaluation while screening out candidates that provably lose."""
+    model = tiny_model(family, num_hidden_layers=6)
+    obj = build_objective(model, tiny_tokenizer(), "perplexity", _tokens(), batch_size=2)
+    obj.support_top_k = top_k
+    sets = [[i] for i in range(6)] + [[i, j] for i in range(6) for j in range(i + 1, 6)]
+    exhaustive = BlockEvaluator(model, obj, screen=False)
+    exact = {frozenset(s): v for s, v in zip(sets, exhaustive.evaluate_many(sets))}
+    ev = BlockEvaluator(model, obj)
+    ev._capture()
+    assert 0 < len(obj.support) <= model.config.vocab_size
+    for s in sets:
+        with torch.no_grad():
+            normed = ev._cached_normed(frozenset(s))
+            assert obj.lower_bound(model, normed) <= exact[frozenset(s)]
+    for n in (1, 3, 7):
+        ranked = sorted(exact, key=lambda s: (exact[s], tuple(sorted(s))))[:n]
+        fresh = BlockEvaluator(model, obj)
+        got = fresh.best_of(sets, n)
+        assert [s for s, _ in got] == ranked
+        assert [v for _, v in got] == pytest.approx([exact[s] for s in ranked], abs=1e-5)
+        assert fresh.candidates == len(sets) and fresh.requests == len(sets)
+        if n == 1 and top_k == 64:  # near-exact bound: some candidates never needed the full head
+            assert fresh.screened > 0
+    mc = build_objective(model, tiny_tokenizer(), "margin", _mc_items())  # no bound: plain exact evaluation
+    ev = BlockEvaluator(model, mc)
+    assert [s for s, _ in ev.best_of([[1], [2], [3]], 2)] == [
+        s for s in sorted(map(frozenset, ([1], [2], [3])), key=lambda s: (BlockEvaluator(model, mc)(s), sorted(s)))][:2]
+    assert ev.screened == 0
+
+
 def test_cache_memory_bound_keeps_results_exact():
     model = tiny_model("llama", num_hidden_layers=6)
     obj = build_objective(model, tiny_tokenizer(), "perplexity", _tokens())
@@ -155,9 +188,9 @@ def test_greedy_cached_and_naive_pick_the_same_blocks():
     b = search_blocks(model, 3, "perplexity", "beam", cached=False, **kw)
     assert a.removed == b.removed and a.candidates == b.candidates
     assert a.stats["blocks_run"] < b.stats["blocks_run"]
-    c = search_blocks(model, 3, "perplexity", "beam", batch_tokens=0, **kw)  # cached, one candidate per call
+    c = search_blocks(model, 3, "perplexity", "beam", batch_tokens=0, screen=False, **kw)  # one per call, exact
     assert c.removed == a.removed and c.objective_value == pytest.approx(a.objective_value, abs=1e-6)
-    assert c.stats["batch_tokens"] == 0 and a.stats["batch_tokens"] > 0
+    assert c.stats["batch_tokens"] == 0 and a.stats["batch_tokens"] > 0 and c.stats["screened"] == 0
 
 
 @pytest.mark.parametrize("k", [0, -1, 4, 5])
