@@ -120,7 +120,9 @@ def prune_width_cmd(
         f"{lm.source} → {output}: params {human(report.params_before)} → {human(report.params_after)} "
         f"({100 * report.params_after / report.params_before:.1f}%), non-embedding "
         f"{human(report.non_embedding_before)} → {human(report.non_embedding_after)}; "
-        f"pruned in {report.seconds:.2f}s (with saving {elapsed:.1f}s)"
+        f"pruned in {report.seconds:.2f}s ("
+        + (f"choosing A among {len(amplitudes)} amplitudes and saving: {elapsed:.1f}s)" if ablation
+           else f"with saving {elapsed:.1f}s)")
     )
     selection = {"amplitude_selection": meta["amplitude_selection"]} if ablation else {}
     emit_json({"model": lm.source, "output": str(output), **_summary(report), **selection, "total_seconds": elapsed},
