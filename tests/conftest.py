@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from tests.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer  # noqa: E402
+from tests.tiny import TINY_FAMILIES, save_tiny, tiny_model, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(params=TINY_FAMILIES)
@@ -32,3 +32,9 @@ def tokenizer():
 def pytest_collection_modifyitems(config, items):
     """Real-model tests run last so quick failures show first."""
     items.sort(key=lambda it: 1 if it.get_closest_marker("real_model") else 0)
+
+
+@pytest.fixture
+def saved_tiny(tmp_path):
+    """A tiny Llama saved to disk, for CLI tests (modules needing other sizes override this fixture)."""
+    return save_tiny(tmp_path)

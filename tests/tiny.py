@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 TINY_FAMILIES = ("llama", "qwen2", "mistral", "gemma2", "phi3")
@@ -61,3 +63,12 @@ def tiny_tokenizer():
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     return fast
+
+
+def save_tiny(folder, family: str = "llama", **overrides):
+    """Save a tiny model + tokenizer to ``folder/tiny`` (the path CLI tests pass as MODEL) and return it."""
+    import prunelab
+
+    path = Path(folder) / "tiny"
+    prunelab.save(tiny_model(family, **overrides), tiny_tokenizer(), path)
+    return path

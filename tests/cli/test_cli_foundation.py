@@ -9,18 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-import prunelab
 from prunelab.cli import app
-from tests.tiny import tiny_model, tiny_tokenizer
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def saved_tiny(tmp_path):
-    path = tmp_path / "tiny"
-    prunelab.save(tiny_model("llama"), tiny_tokenizer(), path)
-    return path
 
 
 def test_info_json(saved_tiny):

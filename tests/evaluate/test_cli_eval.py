@@ -9,18 +9,15 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-import prunelab
 from prunelab.cli import app
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import save_tiny
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "tiny"
-    prunelab.save(tiny_model("llama", max_position_embeddings=1024), tiny_tokenizer(), path)
-    return path
+    return save_tiny(tmp_path_factory.mktemp("m"), max_position_embeddings=1024)
 
 
 def test_eval_json_and_table(saved_tiny, tmp_path):

@@ -10,19 +10,16 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-import prunelab
 from prunelab.cli import app
 from prunelab.errors import PrunelabError
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import save_tiny
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def saved_tiny(tmp_path):
-    path = tmp_path / "tiny"
-    prunelab.save(tiny_model("llama", num_hidden_layers=6), tiny_tokenizer(), path)
-    return path
+    return save_tiny(tmp_path, num_hidden_layers=6)
 
 
 def test_prune_depth_cli_writes_a_smaller_reloadable_model(saved_tiny, tmp_path):

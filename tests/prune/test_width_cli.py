@@ -12,17 +12,9 @@ import prunelab
 from prunelab.cli import app
 from prunelab.errors import PrunelabError
 from prunelab.models import layer_shapes
-from tests.tiny import tiny_model, tiny_tokenizer
 
 runner = CliRunner()
 X = torch.randint(3, 120, (2, 12), generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture
-def saved_tiny(tmp_path):
-    path = tmp_path / "tiny"
-    prunelab.save(tiny_model("llama"), tiny_tokenizer(), path)
-    return path
 
 
 @pytest.fixture

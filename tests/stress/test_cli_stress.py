@@ -14,16 +14,8 @@ import prunelab
 from prunelab.cli import app
 from prunelab.errors import PrunelabError
 from prunelab.stress import decoder_linears
-from tests.tiny import tiny_model, tiny_tokenizer
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def saved_tiny(tmp_path):
-    path = tmp_path / "tiny"
-    prunelab.save(tiny_model("llama"), tiny_tokenizer(), path)
-    return path
 
 
 def test_relapse_cli_saves_exactly_pruned_model(saved_tiny, tmp_path):

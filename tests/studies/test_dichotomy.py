@@ -16,7 +16,7 @@ from prunelab.errors import PrunelabError
 from prunelab.evaluate.registry import TaskResult
 from prunelab.models import adapter_for
 from prunelab.studies import dichotomy as d
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import save_tiny, tiny_model, tiny_tokenizer
 
 # tiny llama: hidden 32, GLU 48 -> own expansion ratio 1.5
 
@@ -269,9 +269,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def saved_tiny(tmp_path):
-    path = tmp_path / "tiny"
-    prunelab.save(tiny_model("llama", max_position_embeddings=1024), tiny_tokenizer(), path)
-    return path
+    return save_tiny(tmp_path, max_position_embeddings=1024)
 
 
 @pytest.mark.parametrize("ratios, message", [
