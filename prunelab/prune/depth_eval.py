@@ -168,7 +168,7 @@ class PerplexityObjective(Objective):
         cover most of a 49k vocabulary) until the bound cost as much as the head; per-run vocabularies keep it at
         ≤ ``positions·(1 + k)/|V|`` of the head (≈ 8 % for SmolLM2), and stay tighter than per-position ones."""
         k = min(self.support_top_k, model.get_output_embeddings().weight.shape[0])
-        self.support = []  # per batch: a list of (U_c sorted token ids, index of each position's target in U_c)
+        self.support = []  # per batch: a list of (first position, U_c sorted token ids, each target's index in U_c)
         for b, h in zip(self.batches, dense_normed):
             hid = h[:, :-1].reshape(-1, h.shape[-1])
             tgt = b.input_ids[:, 1:].reshape(-1)
@@ -177,7 +177,7 @@ class PerplexityObjective(Objective):
                 t = tgt[s : s + self.support_positions]
                 top = lm_logits(model, hid[s : s + self.support_positions]).topk(k, dim=-1).indices
                 vocab = torch.unique(torch.cat([t, top.reshape(-1)]))
-                runs.append((vocab, torch.searchsorted(vocab, t)))
+                runs.append((s, vocab, torch.searchsorted(vocab, t)))
             self.support.append(runs)
 
     def lower_bound(self, model, normed):
@@ -191,10 +191,9 @@ class PerplexityObjective(Objective):
         total, count = 0.0, 0
         for h, runs in zip(normed, support):
             hid = h[:, :-1].reshape(-1, h.shape[-1])
-            for r, (vocab, tpos) in enumerate(runs):
-                s = r * self.support_positions
+            for s, vocab, tpos in runs:
                 bias = None if head.bias is None else head.bias[vocab]
-                z = nn.functional.linear(hid[s : s + self.support_positions], head.weight[vocab], bias).float()
+                z = nn.functional.linear(hid[s : s + len(tpos)], head.weight[vocab], bias).float()
                 if cap:
                     z = torch.tanh(z / cap) * cap
                 nll = torch.logsumexp(z, dim=-1) - z.gather(1, tpos[:, None]).squeeze(1)

@@ -86,7 +86,7 @@ def test_lower_bound_and_best_of_match_exhaustive_evaluation(family, top_k):
     ev = BlockEvaluator(model, obj)
     ev._capture()
     for runs in obj.support:  # one vocabulary per run of positions, each holding its targets + top-k per position
-        assert all(min(top_k, model.config.vocab_size) <= len(vocab) <= model.config.vocab_size for vocab, _ in runs)
+        assert all(min(top_k, model.config.vocab_size) <= len(vocab) <= model.config.vocab_size for _, vocab, _ in runs)
     for s in sets:
         with torch.no_grad():
             normed = ev._cached_normed(frozenset(s))
