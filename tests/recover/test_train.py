@@ -107,9 +107,11 @@ def test_nan_loss_stops_and_keeps_last_good(tmp_path):
 
 
 def test_huge_lr_nan():
+    # lr=1e30: one Adam step moves a LoRA weight by ~1e30, so the next product (~1e60) overflows fp32 for certain.
+    # (lr=1e12 only saturated the tiny model: its gradients went to exactly 0 and nothing became NaN.)
     model, tok = tiny_model("llama"), tiny_tokenizer()
     with pytest.raises(PrunelabError, match="NaN/inf"):
-        recover(model, tok, "ketamine", RECORDS * 4, epochs=5, seq_len=32, lr=1e12, batch_size=4, grad_accum=1,
+        recover(model, tok, "ketamine", RECORDS * 4, epochs=5, seq_len=32, lr=1e30, batch_size=4, grad_accum=1,
                 progress=False)
 
 
