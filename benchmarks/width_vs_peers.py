@@ -14,11 +14,20 @@ and, where it uses data, the same calibration batch (LAMBADA calibration pool, d
   sparsity is set to the uniform models' block sparsity), for every amplitude of ``--amplitudes`` (the paper's
   0.02, and the value the held-out amplitude ablation selects, see README), heads + MLP and (with
   ``--adaptive-mlp-only``) MLP only, with every within-layer criterion of ``--adaptive-criteria``.
+* with ``--repairs ls,ls+bias`` (issue 19): every prunelab maw_hybrid / taylor / adaptive cell again with each
+  repair (same kept groups, same calibration batch), so the gain of the repair alone is visible, and the forward
+  latency of maw_hybrid with and without each repair.
 
 Columns: parameters, WikiText-2 perplexity over a fixed slice (the first ``--ppl-windows`` windows of 512 tokens),
 ARC-Easy accuracy on a seeded sample of ``--arc-limit`` items (if ``prunelab.evaluate`` is available) and the
 pruning wall time and process CPU time (incl. calibration). CPU timings are noisy on shared cores; compare within the run.
 Finally the forward-pass latency of the 40 % MAW model vs dense is measured next to its FLOP ratio.
+
+A second table compares, at each sparsity, every method with the best peer (OptiPFair / torch-pruning): ARC-Easy
+as a paired difference in percentage points (bootstrap over the same items, McNemar's exact p) against the peer
+with the highest accuracy, WikiText-2 as a perplexity ratio (bootstrap over the same windows) against the peer
+with the lowest perplexity — 95 % CIs from the per-item outcomes of the evaluations above (prunelab.stats), so a
+difference inside the noise of 100 items is labelled as such.
 """
 
 from __future__ import annotations
@@ -101,13 +110,60 @@ def torch_pruning_taylor(model, ratio, calibration, batch_size):
 
 
 def arc_easy(model, tokenizer, limit):
+    """ARC-Easy ``(accuracy %, {item_id: ItemOutcome})`` on a seeded sample, or ``(None, {})``."""
     if limit <= 0:  # --arc-limit 0: skip the ARC column (e.g. on heavily shared CPUs)
-        return None
+        return None, {}
     try:
         from prunelab.evaluate import evaluate
     except ImportError:
+        return None, {}
+    res = evaluate(model, tokenizer, tasks=["arc_easy"], limit=limit).results["arc_easy"]
+    return res.score, {o.item_id: o for o in res.outcomes}
+
+
+def peer_comparisons(rows):
+    """Each method vs the best peer at its sparsity (see module docstring), as a ``prunelab.report.tables.Table``
+    (``None`` when no sparsity has a peer)."""
+    from prunelab.evaluate.registry import ItemOutcome
+    from prunelab.report.comparisons import DiffCell, Outcomes, accuracy_cell, perplexity_cell
+    from prunelab.report.tables import Table
+
+    def is_peer(r):
+        return not r["method"].startswith("prunelab")
+
+    out_rows, records, notes = [], [], []
+    outcomes = Outcomes({(r["method"], "eval", "arc_easy"): r["arc_items"] for r in rows if r.get("arc_items")})
+    for ratio in dict.fromkeys(r["ratio"] for r in rows if r.get("ratio") is not None):
+        group = [r for r in rows if r.get("ratio") == ratio]
+        peers = [r for r in group if is_peer(r)]
+        if not peers:
+            continue
+        best_arc = max((r for r in peers if r["arc"] is not None), key=lambda r: r["arc"], default=None)
+        best_ppl = min(peers, key=lambda r: r["ppl"])
+        notes.append(f"{ratio:.0%}: best peer by ARC-Easy = {best_arc['method'] if best_arc else 'n/a'}, "
+                     f"by perplexity = {best_ppl['method']}.")
+        windows = {r["method"]: {f"w{i}": ItemOutcome(f"w{i}", nll=n, tokens=t)
+                                 for i, (n, t) in enumerate(zip(r["window_nll"], r["window_tokens"]))}
+                   for r in group}
+        for r in group:
+            arc: object = "–"
+            if best_arc is not None and r["arc"] is not None:
+                arc = ("best peer" if r is best_arc else
+                       accuracy_cell(outcomes, {0: (r["method"], "eval")}, {0: (best_arc["method"], "eval")},
+                                     ("arc_easy",), {"mean": r["arc"] - best_arc["arc"], "sd": None, "n": None}))
+            ppl = ("best peer" if r is best_ppl else
+                   perplexity_cell(windows[r["method"]], windows[best_ppl["method"]],
+                                   {"mean": r["ppl"] / best_ppl["ppl"], "sd": None, "n": None}))
+            out_rows.append([f"{ratio:.0%}", r["method"], f"{r['params'] / 1e6:.2f}", arc, ppl])
+            records.append({"sparsity": ratio, "method": r["method"],
+                            "arc_vs_best_peer": arc.as_dict() if isinstance(arc, DiffCell) else arc,
+                            "ppl_vs_best_peer": ppl.as_dict() if isinstance(ppl, DiffCell) else ppl})
+    if not out_rows:
         return None
-    return evaluate(model, tokenizer, tasks=["arc_easy"], limit=limit).score("arc_easy")
+    return Table(None, "vs_best_peer", "Each method vs the best peer (95 % CI, * p < 0.05)",
+                 ["MLP sparsity", "method", "params (M)", "ARC-Easy vs best peer (pp)", "WikiText-2 ppl vs best peer"],
+                 out_rows, records, notes,
+                 short={"ARC-Easy vs best peer (pp)": "ARC", "WikiText-2 ppl vs best peer": "ppl"})
 
 
 def speedup(dense, pruned, cal) -> None:
@@ -146,6 +202,10 @@ def main() -> None:
                     help="comma list of within-layer criteria (non-Taylor ones run MLP-only)")
     ap.add_argument("--skip", default="", help="comma list of method names to skip (e.g. 'torch-pruning Taylor')")
     ap.add_argument("--adaptive-mlp-only", action="store_true", help="also run Adapt-Pruner restricted to MLP neurons")
+    ap.add_argument("--repairs", default="",
+                    help="comma list of repairs (bias, ls, ls+bias) added as extra cells after each prunelab "
+                         "maw_hybrid / taylor / adaptive row, same kept groups and calibration (issue 19)")
+    ap.add_argument("--ridge", type=float, default=None, help="relative ridge of --repairs ls (default: auto)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -154,6 +214,15 @@ def main() -> None:
 
     console = Console()
     skip = set(filter(None, args.skip.split(",")))
+    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS
+
+    repairs = [r for r in REPAIRS.parse_list(args.repairs) if r != "none"] if args.repairs else []
+    ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
+
+    def repair_note(rep):
+        rr = rep.repair
+        return (f"repair {rr.method}: reconstruction error {rr.mean_error_before:.3f} → {rr.mean_error_after:.3f}, "
+                f"{rr.seconds:.1f}s of the prune time")
     lm = prunelab.load("smollm2-135m")
     dense, tok = lm.model, lm.tokenizer
     text = load_wikitext2_text()
@@ -165,12 +234,15 @@ def main() -> None:
                   f"{args.ppl_windows}×512 tokens; ARC-Easy {args.arc_limit} items; Adapt-Pruner T={args.steps}, "
                   f"A ∈ {{{args.amplitudes}}}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    def evaluate_row(name, model, seconds, extra="", cpu=0.0):
-        ppl = perplexity(model, tok, text, seq_len=512, max_windows=args.ppl_windows).perplexity
-        acc = arc_easy(model, tok, args.arc_limit)
+    def evaluate_row(name, model, seconds, extra="", cpu=0.0, ratio=None):
+        pr = perplexity(model, tok, text, seq_len=512, max_windows=args.ppl_windows)
+        ppl = pr.perplexity
+        acc, arc_items = arc_easy(model, tok, args.arc_limit)
         pc = count_parameters(model)
+        # per-item outcomes (ARC-Easy items, perplexity windows) for the paired comparisons with the best peer
         row = dict(method=name, params=pc.total, non_emb=pc.non_embedding, ppl=ppl, arc=acc, seconds=seconds,
-                   cpu=cpu, note=extra)
+                   cpu=cpu, note=extra, ratio=ratio, arc_items=arc_items, window_nll=list(pr.window_nll),
+                   window_tokens=list(pr.window_tokens))
         console.print(f"  {name:34s} params {pc.total / 1e6:7.2f}M  ppl {ppl:9.2f}  "
                       f"ARC-e {'n/a' if acc is None else f'{acc:5.1f}'}  prune {seconds:6.2f}s (cpu {cpu:6.2f}s)  {extra}")
         return row
@@ -189,18 +261,33 @@ def main() -> None:
             seconds, cpu = time.perf_counter() - t, time.process_time() - c
             kept[name] = [kept_indices(o, n) for o, n in zip(dense_rows, gate_rows(model))]
             extra = extra_fn(out) if extra_fn else ""
-            rows.append(evaluate_row(f"{name} @{ratio:.0%}", model, seconds, extra, cpu))
+            rows.append(evaluate_row(f"{name} @{ratio:.0%}", model, seconds, extra, cpu, ratio))
             return model
 
         m_maw = run("prunelab maw", lambda m: prune_width(m, criterion="maw", ratio=ratio, progress=False))
         run("optipfair MAW (static)", lambda m: optipfair_prune(m, ratio),
             lambda _: f"kept-neuron overlap with prunelab maw {overlap(kept['prunelab maw'], kept['optipfair MAW (static)']):.1%}")
-        run("prunelab maw_hybrid", lambda m: prune_width(m, criterion="maw_hybrid", ratio=ratio, calibration=cal,
-                                                         batch_size=args.batch_size, progress=False))
+        m_hybrid = run("prunelab maw_hybrid", lambda m: prune_width(m, criterion="maw_hybrid", ratio=ratio,
+                                                                    calibration=cal, batch_size=args.batch_size,
+                                                                    progress=False))
+        for fix in repairs:
+            m_fixed = run(f"prunelab maw_hybrid +{fix}", lambda m, f=fix: prune_width(
+                m, criterion="maw_hybrid", ratio=ratio, calibration=cal, batch_size=args.batch_size, progress=False,
+                repair=f, ridge=ridge), repair_note)
+            if m_hybrid is not None and m_fixed is not None:  # the repair must not slow the model down
+                x = cal[:1, :128].repeat(4, 1)
+                t_plain, t_fixed = latency(m_hybrid, x, 7), latency(m_fixed, x, 7)
+                print(f"  forward [4×128] median of 7: maw_hybrid {1000 * t_plain:.1f} ms, +{fix} "
+                      f"{1000 * t_fixed:.1f} ms (×{t_fixed / t_plain:.3f})", flush=True)
+            del m_fixed
         run("optipfair MAW hybrid (data)", lambda m: optipfair_prune(m, ratio, loader),
             lambda _: f"overlap with prunelab maw_hybrid {overlap(kept['prunelab maw_hybrid'], kept['optipfair MAW hybrid (data)']):.1%}")
         run("prunelab taylor", lambda m: prune_width(m, criterion="taylor", ratio=ratio, calibration=cal,
                                                      batch_size=args.batch_size, progress=False))
+        for fix in repairs:
+            run(f"prunelab taylor +{fix}", lambda m, f=fix: prune_width(
+                m, criterion="taylor", ratio=ratio, calibration=cal, batch_size=args.batch_size, progress=False,
+                repair=f, ridge=ridge), repair_note)
         if "torch-pruning Taylor" not in skip:
             run("torch-pruning Taylor", lambda m: torch_pruning_taylor(m, ratio, cal, args.batch_size),
                 lambda _: f"overlap with prunelab taylor {overlap(kept['prunelab taylor'], kept['torch-pruning Taylor']):.1%}")
@@ -217,6 +304,11 @@ def main() -> None:
                             prune_heads=h, criterion=c, progress=False),
                         lambda rep: f"block sparsity {rep.sparsity:.1%} (target {target:.1%}), "
                                     f"widths {min(rep.widths_after)}–{max(rep.widths_after)}, heads {sum(rep.heads_after)}")
+                    for fix in repairs:
+                        run(f"{label} +{fix}", lambda m, h=heads, a=amp, c=crit, f=fix: adapt_prune(
+                                m, ratio=target, amplitude=a, steps=args.steps, calibration=cal,
+                                batch_size=args.batch_size, prune_heads=h, criterion=c, progress=False, repair=f,
+                                ridge=ridge), repair_note)
         if abs(ratio - 0.4) < 1e-9 and m_maw is not None:
             speedup(dense, m_maw, cal)
 
@@ -233,6 +325,9 @@ def main() -> None:
         arc = "n/a" if r["arc"] is None else f"{r['arc']:.1f}"
         print(f"| {r['method']} | {r['params'] / 1e6:.2f} | {r['ppl']:.2f} | {arc} | {r['seconds']:.2f} | "
               f"{r['cpu']:.2f} | {r['note']} |")
+    peers = peer_comparisons(rows)
+    if peers is not None:
+        print("\n" + peers.markdown())
 
 
 

@@ -6,6 +6,7 @@ commands without touching this file. Every user error is one red line on stderr 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import sys
@@ -56,13 +57,42 @@ app.add_typer(stress_app, name="stress")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning :class:`PrunelabError` into one line + exit 2."""
+    """Console entry point: run the app; user and resource errors become one line + exit 2, SIGINT/SIGTERM
+    one line + 128+signal (after the atomic writers have removed their temporary files)."""
+    import signal
+
+    from prunelab.atomic import Interrupted, install_signal_handlers, resource_problem
+
     quiet_libraries()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install_signal_handlers()  # SIGTERM must unwind like Ctrl-C, so temporary siblings are removed
     try:
         app(args=argv, standalone_mode=True)
     except PrunelabError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
+    except Interrupted as exc:
+        msg = f"interrupted by {signal.Signals(exc.signum).name}"
+        if exc.target is not None:
+            msg += (f" while writing {exc.target}; it had just been completed" if exc.completed
+                    else f" while writing {exc.target}; it was left as it was and temporary files were removed")
+        _fail(msg, 128 + exc.signum)
     except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/]")
-        sys.exit(130)
+        _fail("interrupted", 130)
+    except Exception as exc:  # a resource error outside the atomic writers (loading, the results database, ...)
+        problem = resource_problem(exc)
+        if problem is None:
+            raise
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        _fail(f"{problem[0]} ({detail}); {problem[1]}", 2)
+    finally:
+        for s, h in previous.items():
+            if h is not None:
+                with contextlib.suppress(ValueError):  # only the main thread may set handlers
+                    signal.signal(s, h)
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)

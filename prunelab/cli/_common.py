@@ -17,6 +17,18 @@ DtypeOpt = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on GPU)
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ...")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder holding the datasets (default: $PRUNELAB_DATA, ../shared/data).")
 JsonOpt = typer.Option(None, "--json", help="Also write the result as JSON to this file.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs even if prunelab did not write them "
+                            "(still atomic; never ., ~, / or a folder holding the checkout or the data).")
+
+
+def check_outputs(overwrite: bool = False, dirs: tuple = (), files: tuple = (), work_dirs: tuple = ()) -> None:
+    """Pre-flight check of every output of a command, before any model is loaded (see :mod:`prunelab.atomic`):
+    missing or prunelab-written targets pass, anything else is one line naming the path and ``--overwrite``."""
+    from prunelab.atomic import check_output_target
+
+    for kind, paths in (("dir", dirs), ("file", files), ("work-dir", work_dirs)):
+        for p in paths:
+            check_output_target(p, kind, overwrite)
 
 
 def quiet_libraries() -> None:
@@ -57,10 +69,28 @@ def apply_data_dir(data_dir: Path | None) -> None:
 
 def load_model(source: str, dtype: str = "auto", device: str = "auto"):
     """Load with a status spinner on stderr."""
+    from prunelab.atomic import resource_problem
+    from prunelab.errors import PrunelabError
     from prunelab.models import load
 
-    with err_console.status(f"loading {source} ..."):
-        return load(source, dtype=dtype, device=device)
+    try:
+        with err_console.status(f"loading {source} ..."):
+            return load(source, dtype=dtype, device=device)
+    except (MemoryError, RuntimeError, OSError) as exc:
+        problem = resource_problem(exc)
+        if problem is None or problem[0] != "out of memory":
+            raise
+        raise PrunelabError(f"out of memory loading {source}{_weights_size(source)}; {problem[1]}") from exc
+
+
+def _weights_size(source: str) -> str:
+    """`` (weights: 0.54 GB on disk)`` for a local model folder, so the user can see how much memory it needs."""
+    p = Path(source)
+    try:
+        n = sum(f.stat().st_size for f in p.glob("*.safetensors")) if p.is_dir() else 0
+    except OSError:
+        n = 0
+    return f" (weights: {n / 1e9:.2f} GB on disk)" if n else ""
 
 
 def emit_json(obj: Any, path: Path | None) -> None:

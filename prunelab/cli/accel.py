@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, human, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json,
+                                  human, load_model)
 
 
 def accel_cmd(
@@ -28,6 +29,7 @@ def accel_cmd(
     calibration_samples: int = typer.Option(128, "--calibration-samples", help="Calibration sequences for data-driven criteria."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -50,6 +52,7 @@ def accel_cmd(
 
         CRITERIA.get(criterion)
     data_shares(samples, phases)  # validates phases and samples before loading anything
+    check_outputs(overwrite, dirs=(output,), files=(json_out,))
     records = dolly_split(n_train=samples, n_held_out=0, seed=seed).train
     lm = load_model(model, dtype, device)
     res = accel(lm.model, lm.tokenizer, records, target_ratio=target_ratio, phases=phases, mode=mode,

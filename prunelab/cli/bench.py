@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, human, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console,
+                                  emit_json, err_console, human, load_model)
 
 
 def bench_cmd(
@@ -17,6 +18,7 @@ def bench_cmd(
     prompt_len: int = typer.Option(32, "--prompt-len", help="Prompt length in tokens."),
     context_len: int = typer.Option(512, "--context-len", help="Context length for the attention term of FLOPs/token."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -27,6 +29,7 @@ def bench_cmd(
     for name, v in (("--new-tokens", new_tokens), ("--batch", batch), ("--prompt-len", prompt_len)):
         if v <= 0:
             raise PrunelabError(f"{name} must be positive, got {v}")
+    check_outputs(overwrite, files=(json_out,))
     lm = load_model(model, dtype, device)
     with err_console.status("measuring latency and throughput ..."):
         rep = measure_efficiency(lm.model, lm.tokenizer, new_tokens=new_tokens, batch_size=batch,

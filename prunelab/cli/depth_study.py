@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json,
+                                  err_console, load_model)
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -55,6 +56,7 @@ def depth_study_cmd(
     ppl_windows: int = typer.Option(8, "--ppl-windows", help="512-token windows per perplexity task."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -81,6 +83,7 @@ def depth_study_cmd(
              "margin": {"n_samples": margin_items, "mc_source": mc_source}}
     tasks_a = [t.strip() for t in acc_tasks.split(",") if t.strip()]
     tasks_p = [t.strip() for t in ppl_tasks.split(",") if t.strip()]
+    check_outputs(overwrite, dirs=(out,), files=(json_out,))
     lm = load_model(model, dtype, device)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
                   transient=True) as bar:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json,
+                                  err_console, load_model)
 
 
 def dichotomy_cmd(
@@ -35,6 +36,7 @@ def dichotomy_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of every sample."),
     batch_size: int = typer.Option(8, "--batch-size", help="Evaluation batch size."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -56,8 +58,7 @@ def dichotomy_cmd(
             raise PrunelabError(f"{name} must be positive, got {value}")
     if gsm8k_shots < 0:
         raise PrunelabError(f"--gsm8k-shots must be ≥ 0, got {gsm8k_shots}")
-    if out.exists() and not out.is_dir():
-        raise PrunelabError(f"--out {out} exists and is not a directory")
+    check_outputs(overwrite, dirs=(out,), files=(json_out,))
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else [t for ts in BATTERY.values() for t in ts]
     from prunelab.evaluate import resolve_tasks
     from prunelab.prune.width import CRITERIA

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console,
+                                  emit_json, err_console, load_model)
 
 
 def eval_cmd(
@@ -18,7 +19,9 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the item sample."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Items per forward pass."),
     backend: str = typer.Option("prunelab", "--backend", help="prunelab (fast, built in) or lm-eval (the harness, local data)."),
+    protocol: str = typer.Option("auto", "--protocol", help="Prompt protocol of arc_easy_gen / lambada_gen / composite: raw, chat (the tokenizer's chat template) or auto (chat iff the model has one)."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -31,6 +34,9 @@ def eval_cmd(
         raise PrunelabError(f"--batch-size must be positive, got {batch_size}")
     if backend not in ("prunelab", "lm-eval"):
         raise PrunelabError(f"unknown backend '{backend}'; known: prunelab, lm-eval")
+    from prunelab.evaluate.generative_tasks import check_protocol
+
+    check_protocol(protocol)
     if backend == "prunelab":
         from prunelab.evaluate import resolve_tasks
 
@@ -42,9 +48,26 @@ def eval_cmd(
         for n in names or [""]:
             if n not in BRIDGE_TASKS:
                 raise PrunelabError(f"unknown lm-eval bridge task '{n}'; known: {', '.join(BRIDGE_TASKS)}")
+    # tasks read their data after the model loads: check a named data folder (binding) holds it first
+    from prunelab.data import check_task_data, require_file
+
+    if backend == "prunelab":
+        check_task_data(names)
+    else:  # the bridge reads local files only
+        for n in names:
+            for f in BRIDGE_TASKS[n].files.values():
+                require_file(*f)
+    check_outputs(overwrite, files=(json_out,))
     lm = load_model(model, dtype, device)
-    report = _run(lm, names, limit, seed, batch_size, backend)
-    table = Table(title=f"{lm.source} — limit {limit if limit is not None else 'all'}, seed {seed} ({backend})")
+    if backend == "prunelab":  # chat on a tokenizer without a template: one line before any evaluation
+        from prunelab.evaluate.generative_tasks import PROTOCOL_TASKS, resolve_protocol
+
+        if set(names) & PROTOCOL_TASKS:
+            resolve_protocol(lm.tokenizer, protocol)
+    report = _run(lm, names, limit, seed, batch_size, backend, protocol)
+    used = getattr(report, "protocol", None)
+    table = Table(title=f"{lm.source} — limit {limit if limit is not None else 'all'}, seed {seed} ({backend}"
+                        + (f", protocol {used}" if used else "") + ")")
     for col in ("task", "score", "metrics", "n", "seconds"):
         table.add_column(col, justify="left" if col in ("task", "metrics") else "right")
     for name, r in report.results.items():
@@ -54,7 +77,7 @@ def eval_cmd(
     emit_json({"model": lm.source, "backend": backend, **_jsonable(report)}, json_out)
 
 
-def _run(lm, names, limit, seed, batch_size, backend):
+def _run(lm, names, limit, seed, batch_size, backend, protocol="auto"):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if backend == "lm-eval":
@@ -72,13 +95,19 @@ def _run(lm, names, limit, seed, batch_size, backend):
                 bars[task] = progress.add_task(task, total=total)
             progress.update(bars[task], completed=done, total=total)
 
-        return evaluate(lm.model, lm.tokenizer, names, limit=limit, seed=seed, batch_size=batch_size, progress=update)
+        return evaluate(lm.model, lm.tokenizer, names, limit=limit, seed=seed, batch_size=batch_size, progress=update,
+                        protocol=protocol)
 
 
 def _jsonable(report) -> dict:
     from prunelab.atomic import to_jsonable
 
-    return to_jsonable(report)
+    data = to_jsonable(report)
+    # per-item outcomes as compact dicts (only the fields the task fills; ItemOutcome.from_dict reads them back)
+    for group in ("results", "dependencies"):
+        for name, res in getattr(report, group, {}).items():
+            data[group][name]["outcomes"] = [o.to_dict() for o in res.outcomes]
+    return data
 
 
 def register(app: typer.Typer) -> None:

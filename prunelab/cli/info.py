@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, ModelArg, console, emit_json, human, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json, human,
+                                  load_model)
 
 
 def info(
@@ -15,6 +16,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of a table."),
     json_out: Path = typer.Option(None, "--output", "-o", help="Also write the JSON to this file."),
     context_len: int = typer.Option(512, help="Context length for the attention term of FLOPs/token."),
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -22,6 +24,7 @@ def info(
     from prunelab.atomic import to_jsonable
     from prunelab.models import model_info
 
+    check_outputs(overwrite, files=(json_out,))
     lm = load_model(model, dtype, device)
     mi = model_info(lm.model, context_len=context_len)
     data = to_jsonable(mi)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console,
+                                  emit_json, load_model)
 
 
 def perplexity_cmd(
@@ -17,6 +18,7 @@ def perplexity_cmd(
     stride: int = typer.Option(None, help="Window stride (default: seq_len, non-overlapping)."),
     windows: int = typer.Option(None, "--windows", help="Score only the first N windows (a slice)."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -29,6 +31,7 @@ def perplexity_cmd(
         from prunelab.errors import PrunelabError
 
         raise PrunelabError(f"--windows must be positive, got {windows}")
+    check_outputs(overwrite, files=(json_out,))
     lm = load_model(model, dtype, device)
     text = read_text_file(text_file) if text_file else load_wikitext2_text()
     start = time.perf_counter()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json,
+                                  load_model)
 
 SEARCH_OPTION_HELP = "Search option override KEY=VALUE (repeatable), e.g. trials=50 for bo, beam_width=3."
 
@@ -58,7 +59,16 @@ def prune_depth_cmd(
     batch_size: int = typer.Option(None, "--batch-size", help="Calibration batch size."),
     search_opt: list[str] = typer.Option(None, "--search-opt", help=SEARCH_OPTION_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed for calibration sampling and stochastic searches."),
+    compensate: str = typer.Option("none", "--compensate", help="Fold a compensation for the removed blocks into the "
+                                   "kept weights: none, linear (ReplaceMe map merged into the preceding down_proj), "
+                                   "scale (Prune&Comp magnitude rescale)."),
+    ridge: float = typer.Option(None, "--ridge", help="--compensate linear: ridge λ relative to the mean Gram "
+                                "diagonal (default: auto, 2 × hidden size / calibration tokens)."),
+    compensated_search: bool = typer.Option(False, "--compensated-search", help="Score every search candidate with "
+                                            "--compensate applied (one-shot/greedy/beam, perplexity; ~2.5 uncached "
+                                            "passes per candidate)."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -74,12 +84,48 @@ def prune_depth_cmd(
         validate_budget(remove, remove + 1)
     opts = parse_search_options(search_opt)
     calib = calibration_options(objective, calib_samples, calib_seq_len, calib_source, mc_source, batch_size)
+    from prunelab.errors import PrunelabError
+    from prunelab.prune.depth_repair import COMPENSATIONS
+    from prunelab.prune.repair import DEFAULT_RIDGE
+
+    COMPENSATIONS.get(compensate)
+    ridge = DEFAULT_RIDGE if ridge is None else ridge
+    if ridge is not None and not ridge >= 0:
+        raise PrunelabError(f"--ridge must be ≥ 0, got {ridge}")
+    if compensated_search:
+        from prunelab.prune.depth_repair import COMPENSATED_SEARCHES
+
+        if compensate == "none":
+            raise PrunelabError("--compensated-search needs --compensate linear or scale")
+        if search not in COMPENSATED_SEARCHES or objective != "perplexity":
+            raise PrunelabError(f"--compensated-search supports the perplexity objective with "
+                                f"{', '.join(COMPENSATED_SEARCHES)} searches")
+    check_outputs(overwrite, dirs=(out,), files=(json_out,))
     lm = load_model(model, dtype, device)
     res = search_blocks(lm.model, remove, objective, search, tokenizer=lm.tokenizer, seed=seed, options=opts,
-                        calibration_options=calib)
-    remove_layers(lm.model, res.removed)
+                        calibration_options=calib, compensate=compensate if compensated_search else "none",
+                        ridge=ridge)
+    comp = None
+    if compensate == "none":
+        remove_layers(lm.model, res.removed)
+    else:
+        from prunelab.atomic import to_jsonable
+        from prunelab.data import calibration_batch
+        from prunelab.prune.depth_repair import check_compensation, compensate_and_remove
+
+        # the perplexity objective's own calibration tokens (same arguments); margin objectives: text windows
+        tokens = calibration_batch(lm.tokenizer, n_samples=calib.get("n_samples", 32) if objective == "perplexity"
+                                   else 32, seq_len=calib_seq_len, source=calib_source, seed=seed)
+        check_compensation(lm.model, res.removed, compensate, ridge, tokens)
+        comp = compensate_and_remove(lm.model, res.removed, tokens, compensate, ridge,
+                                     batch_size=calib.get("batch_size", 8))
+        res.stats["compensation"] = {k: v for k, v in to_jsonable(comp).items() if k != "transforms"}
     save(lm.model, lm.tokenizer, out, metadata={"depth_pruning": {"source": lm.source, **res.__dict__,
                                                                     "calibration": calib}})
+    if comp is not None:
+        console.print(f"compensation {compensate}: " + "; ".join(
+            f"blocks {r.first}–{r.last} hidden-state error {r.error_before:.4f} → {r.error_after:.4f}"
+            + (f" (α {r.alpha:.3f})" if r.alpha is not None else "") for r in comp.runs) + f" in {comp.seconds:.1f}s")
     console.print(
         f"{lm.source}: removed blocks [bold]{res.removed}[/] of {res.n_blocks} ({search}, {objective}); "
         f"objective {res.baseline_value:.4f} → [bold]{res.objective_value:.4f}[/]; "

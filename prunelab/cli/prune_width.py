@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, human, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json,
+                                  err_console, human, load_model)
 from prunelab.errors import PrunelabError
 
 
@@ -56,7 +57,12 @@ def prune_width_cmd(
     ppl_windows: int = typer.Option(8, "--ppl-windows", help="Ablation: WikiText-2 windows of 512 tokens scored."),
     heldout_samples: int = typer.Option(32, "--heldout-samples", help="Ablation: calibration-source sequences held out "
                                         "to choose A by (0: none)."),
+    repair: str = typer.Option("none", "--repair", help="Repair without retraining after pruning: none, bias "
+                               "(FLAP mean compensation), ls (ridge least-squares refit of down_proj/o_proj), ls+bias."),
+    ridge: float = typer.Option(None, "--ridge", help="--repair ls: ridge λ relative to the mean Gram diagonal "
+                                "(default: auto, 2 × kept width / calibration tokens)."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -67,6 +73,12 @@ def prune_width_cmd(
     amplitudes = parse_amplitudes(amplitude)
     ablation = adaptive and len(amplitudes) > 1
     CRITERIA.get(criterion)
+    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS
+
+    REPAIRS.get(repair)
+    ridge = DEFAULT_RIDGE if ridge is None else ridge
+    if ridge is not None and not ridge >= 0:
+        raise PrunelabError(f"--ridge must be ≥ 0, got {ridge}")
     if not adaptive:
         if len(amplitudes) > 1 or amplitude != "0.02":
             raise PrunelabError("--amplitude only applies with --adaptive")
@@ -78,17 +90,18 @@ def prune_width_cmd(
         raise PrunelabError("give the output directory with -o/--output")
     if ablation and output is not None and heldout_samples < 1:
         raise PrunelabError("saving the best amplitude needs held-out text to choose it: --heldout-samples ≥ 1")
+    check_outputs(overwrite, dirs=(output,), files=(plot, json_out))
 
     lm = load_model(model, dtype, device)
     from prunelab.models import save
 
     start = time.perf_counter()
     kw = dict(calibration_samples=calib_samples, calibration_seq_len=calib_seq_len, calibration_source=calibration,
-              batch_size=batch_size)
+              batch_size=batch_size, repair=repair, ridge=ridge)
     if ablation:
         abl = _ablation(lm, ratio, amplitudes, steps, prune_heads, criterion, calibration, calib_samples,
                         calib_seq_len, batch_size, seed, ppl_windows, heldout_samples, json_out,
-                        keep_best=output is not None)
+                        keep_best=output is not None, repair_kw={"repair": repair, "ridge": ridge})
         if output is None:
             return
         report = abl.reports[abl.rows.index(abl.selected)]
@@ -124,6 +137,11 @@ def prune_width_cmd(
         + (f"choosing A among {len(amplitudes)} amplitudes and saving: {elapsed:.1f}s)" if ablation
            else f"with saving {elapsed:.1f}s)")
     )
+    if getattr(report, "repair", None) is not None:
+        rr = report.repair
+        console.print(f"repair {rr.method} (ridge {'auto' if rr.ridge is None else f'{rr.ridge:g}'}, {rr.tokens} tokens): mean relative reconstruction "
+                      f"error of {len(rr.projections)} projections {rr.mean_error_before:.4f} → "
+                      f"{rr.mean_error_after:.4f} in {rr.seconds:.1f}s")
     selection = {"amplitude_selection": meta["amplitude_selection"]} if ablation else {}
     emit_json({"model": lm.source, "output": str(output), **_summary(report), **selection, "total_seconds": elapsed},
               json_out)
@@ -151,7 +169,7 @@ def _print_profile(report) -> None:
 
 
 def _ablation(lm, ratio, amplitudes, steps, prune_heads, criterion, calibration, calib_samples, calib_seq_len, batch_size, seed,
-              ppl_windows, heldout_samples, json_out, keep_best: bool = False):
+              ppl_windows, heldout_samples, json_out, keep_best: bool = False, repair_kw: dict | None = None):
     from prunelab.prune.adaptive import amplitude_ablation
 
     if ppl_windows < 1:
@@ -160,7 +178,7 @@ def _ablation(lm, ratio, amplitudes, steps, prune_heads, criterion, calibration,
         raise PrunelabError(f"--heldout-samples must be ≥ 0, got {heldout_samples}")
     rep = amplitude_ablation(lm.model, lm.tokenizer, ratio=ratio, amplitudes=amplitudes, steps=steps, seed=seed,
                              ppl_windows=ppl_windows, heldout_samples=heldout_samples, prune_heads=prune_heads,
-                             criterion=criterion, keep_best=keep_best,
+                             criterion=criterion, keep_best=keep_best, **(repair_kw or {}),
                              calibration_source=calibration,
                              calibration_samples=calib_samples, calibration_seq_len=calib_seq_len,
                              batch_size=batch_size)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, human, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json,
+                                  human, load_model)
 
 
 def recover_cmd(
@@ -18,6 +19,7 @@ def recover_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Output dir: merged model (+ adapter/ and recovery.json)."),
     mechanism: str = typer.Option("ketamine", "--mechanism", "-m", help="Recovery mechanism (ketamine, ssri, neurosteroid, or one from --mechanisms-file)."),
     isodose_ref: str = typer.Option("ketamine:3", "--isodose-ref", help="Reference MECHANISM:EPOCHS fixing the FLOPs budget (the study: ketamine:3)."),
+    isodose_formula: str = typer.Option("study", "--isodose-formula", help="Cost the budget equalises: study (6·P·L·N·E, trainable params only) or honest (T·(2F + 6P), frozen base included)."),
     epochs: float = typer.Option(None, "--epochs", help="Train exactly this many epochs (overrides the isodose budget)."),
     samples: int = typer.Option(500, "--samples", help="Dolly training pairs (seeded sample)."),
     held_out: int = typer.Option(100, "--held-out", help="Dolly pairs kept out of training (disjoint; for maintenance tunes)."),
@@ -30,6 +32,7 @@ def recover_cmd(
     strict: bool = typer.Option(False, "--strict", help="Error instead of clamping to 1 epoch when the budget is below one epoch."),
     mechanisms_file: Path = typer.Option(None, "--mechanisms-file", help="YAML file with user-defined mechanisms."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -47,25 +50,28 @@ def recover_cmd(
     mech = get_mechanism(mechanism)
     ref = parse_reference(isodose_ref)
     get_mechanism(ref[0])
+    from prunelab.recover.isodose import check_formula
+
+    check_formula(isodose_formula)
     if epochs is not None and not epochs > 0:
         raise PrunelabError(f"--epochs must be positive, got {epochs}")
     if samples < 1:
         raise PrunelabError(f"--samples must be ≥ 1, got {samples}")
     if seq_len < 2:
         raise PrunelabError(f"--seq-len must be ≥ 2, got {seq_len}")
-    if output.exists() and not output.is_dir():
-        raise PrunelabError(f"output {output} exists and is not a directory")
+    # OUT.last_good receives the adapter if training diverges (NaN loss); it must be writable as well
+    check_outputs(overwrite, dirs=(output, output.parent / f"{output.name}.last_good"), files=(json_out,))
     records = dolly_split(n_train=samples, n_held_out=held_out, seed=seed).train
     lm = load_model(model, dtype, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         res = recover_isodose(lm.model, lm.tokenizer, mech, records, reference=ref, epochs=epochs, seq_len=seq_len,
-                              pad_to_max=not no_pad, strict=strict, seed=seed, lr=lr, max_steps=max_steps,
-                              loss_on=loss_on, output_dir=output,
+                              pad_to_max=not no_pad, strict=strict, formula=isodose_formula, seed=seed, lr=lr,
+                              max_steps=max_steps, loss_on=loss_on, output_dir=output,
                               metadata={"source": lm.source, "mechanism": mech.to_dict()})
     for w in caught:
         if "isodose budget" in str(w.message):
-            console.print(f"[yellow]warning:[/] {w.message}")
+            console.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)  # one line, however narrow the terminal
     console.print(format_result(res))
     console.print(f"saved merged model to {output} (adapter: {output / 'adapter'})")
     emit_json(res, json_out)
@@ -73,7 +79,9 @@ def recover_cmd(
 
 def format_result(res) -> str:
     """One block per run: epochs and FLOPs by the study's formula and honest, side by side."""
-    budget = f", budget {res.budget:.3e} ({res.reference}, exact epochs {res.exact_epochs:.2f})" if res.budget else ""
+    formula = getattr(res, "isodose_formula", None) or "study"
+    budget = (f", {formula} budget {res.budget:.3e} ({res.reference}, exact epochs {res.exact_epochs:.2f})"
+              if res.budget else "")
     pad = f"padded to {res.seq_len}" if res.padded else "no padding"
     return (
         f"[bold]{res.mechanism}[/] r{res.mechanism_config['r']}: {human(res.trainable_params)} trainable params, "

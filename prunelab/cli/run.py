@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import JsonOpt, console, emit_json
+from prunelab.cli._common import JsonOpt, OverwriteOpt, check_outputs, console, emit_json
 
 
 def run_cmd(
@@ -18,11 +18,17 @@ def run_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs (stored or pending); do nothing."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failing run."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Run every not-yet-stored run of the experiment; each finished run is committed immediately."""
     from prunelab.errors import PrunelabError
+    from prunelab.atomic import claim_work_dir
     from prunelab.experiments import plan, run_experiment
 
+    # the work folder is reused across runs (never replaced): missing, empty or prunelab's own; --overwrite adopts
+    # a foreign one without deleting anything in it. Same default as run_experiment's.
+    work = work_dir if work_dir is not None else db.with_name(db.name + ".work")
+    check_outputs(overwrite, files=(json_out,), work_dirs=() if dry_run else (work,))
     if dry_run:
         from prunelab.experiments.store import Store
 
@@ -36,7 +42,9 @@ def run_cmd(
         emit_json({"experiment": exp.name, "runs": [{"hash": r.hash, "label": r.label, "stored": r.hash in stored}
                                                    for r in runs]}, json_out)
         return
-    summary = run_experiment(spec, db, work_dir=work_dir, ray_address=ray, max_runs=max_runs, fail_fast=fail_fast)
+    plan(spec)  # a bad spec is reported before the work folder is created
+    claim_work_dir(work, overwrite)
+    summary = run_experiment(spec, db, work_dir=work, ray_address=ray, max_runs=max_runs, fail_fast=fail_fast)
     console.print(
         f"{summary.experiment}: {summary.completed} run(s) completed, {summary.already_stored} already stored, "
         f"{summary.failed} failed, of {summary.total} — {summary.seconds:.1f}s → {summary.db}", highlight=False)

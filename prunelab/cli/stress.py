@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from prunelab.cli._common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, console, emit_json, err_console, load_model
+from prunelab.cli._common import (DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OverwriteOpt, check_outputs, console, emit_json,
+                                  err_console, load_model)
 from prunelab.errors import PrunelabError
 
 TASKS_HELP = "Comma-separated eval tasks (e.g. arc_easy_gen,lambada_gen; composite is added when both ran)."
@@ -48,6 +49,7 @@ def relapse_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the eval samples."),
     batch_size: int = typer.Option(8, "--batch-size", help="Eval batch size."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -62,6 +64,7 @@ def relapse_cmd(
     tasks = _task_list(eval_tasks)
     if limit is not None and limit <= 0:
         raise PrunelabError(f"--limit must be positive, got {limit}")
+    check_outputs(overwrite, dirs=(out,), files=(json_out,))
     lm = _load(model, dtype, device)
     with err_console.status("pruning and evaluating ..." if tasks else "pruning ..."):
         rep = relapse(lm.model, fraction, tokenizer=lm.tokenizer, tasks=tasks, limit=limit, seed=seed,
@@ -110,6 +113,7 @@ def chronic_cmd(
     out: Path = typer.Option(..., "-o", "--output", help="Directory for chronic.{md,csv,json,png} (written atomically)."),
     save_model: Path = typer.Option(None, "--save-model", help="Also save the final model here."),
     json_out: Path = JsonOpt,
+    overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -132,6 +136,7 @@ def chronic_cmd(
             raise PrunelabError(f"{name} must be positive, got {value:g}")
     if limit is not None and limit <= 0:
         raise PrunelabError(f"--limit must be positive, got {limit}")
+    check_outputs(overwrite, dirs=(out, save_model), files=(json_out,))
     lm = _load(model, dtype, device)
     rep = chronic(lm.model, lm.tokenizer, mech, cycles, step, maintenance_epochs, samples=samples,
                   recovery_samples=recovery_samples, seq_len=seq_len, tasks=task_list, limit=limit, seed=seed,

@@ -1,12 +1,17 @@
 """Where the offline data lives: ``--data-dir`` > ``$PRUNELAB_DATA`` > ``../shared/data`` next to the checkout.
 
-The data is never copied into the repository; users with internet and no local copy fall back to the HF
-``datasets`` names in :mod:`prunelab.data.loaders`.
+A location the user *names* (``--data-dir``, or ``$PRUNELAB_DATA`` when no ``--data-dir`` is given) is
+binding: it is the only folder searched, and a dataset missing there is an error naming the files looked
+for (:func:`locate`). Only when no location is named are the default folders tried (``shared/data`` beside
+the checkout or the working directory), and a dataset none of them holds falls back to its HF ``datasets``
+name in :mod:`prunelab.data.loaders` (needs internet). The data is never copied into the repository.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from prunelab.errors import PrunelabError
@@ -15,26 +20,36 @@ _override: Path | None = None
 
 
 def set_data_dir(path: str | Path | None) -> None:
-    """Set the data root for this process (the CLI's ``--data-dir``)."""
+    """Set the data root for this process (the CLI's ``--data-dir``); ``None`` clears it."""
     global _override
     _override = Path(path).expanduser() if path else None
 
 
-def candidate_roots() -> list[Path]:
-    """Data roots in the order they are tried."""
-    roots: list[Path] = []
+@dataclass(frozen=True)
+class ExplicitLocation:
+    """A data folder the user named, and how (``"--data-dir"`` or ``"PRUNELAB_DATA"``)."""
+
+    root: Path
+    origin: str
+
+
+def explicit_location() -> ExplicitLocation | None:
+    """The folder the user named (``--data-dir`` wins over ``$PRUNELAB_DATA``), or None."""
     if _override is not None:
-        roots.append(_override)
+        return ExplicitLocation(_override, "--data-dir")
     if env := os.environ.get("PRUNELAB_DATA"):
-        roots.append(Path(env).expanduser())
+        return ExplicitLocation(Path(env).expanduser(), "PRUNELAB_DATA")
+    return None
+
+
+def candidate_roots() -> list[Path]:
+    """Data roots in the order they are tried: only the named folder if there is one, else the defaults."""
+    explicit = explicit_location()
+    if explicit is not None:
+        return [explicit.root]
     repo = Path(__file__).resolve().parents[2]
-    roots += [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
-    seen, unique = set(), []
-    for r in roots:
-        if r not in seen:
-            seen.add(r)
-            unique.append(r)
-    return unique
+    roots = [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
+    return list(dict.fromkeys(roots))
 
 
 def data_root() -> Path | None:
@@ -46,7 +61,7 @@ def data_root() -> Path | None:
 
 
 def find_file(dataset: str, filename: str) -> Path | None:
-    """``<root>/<dataset>/<filename>`` in the first root that has it, else None."""
+    """``<root>/<dataset>/<filename>`` in the first root that has it, else None (never raises)."""
     for root in candidate_roots():
         path = root / dataset / filename
         if path.is_file():
@@ -54,10 +69,38 @@ def find_file(dataset: str, filename: str) -> Path | None:
     return None
 
 
+def missing_in_named_folder(files: Sequence[tuple[str, str]], explicit: ExplicitLocation) -> PrunelabError:
+    """The one-line error for ``(dataset, filename)`` pairs missing from the folder the user named."""
+    datasets = ", ".join(dict.fromkeys(d for d, _ in files))
+    looked = ", ".join(str(explicit.root / d / f) for d, f in files)
+    where = f"{explicit.origin} {explicit.root}"
+    if not explicit.root.is_dir():
+        where += " (not a folder)"
+    return PrunelabError(
+        f"{where} has no {datasets} data: looked for {looked}; put the file(s) there, or name no data location "
+        "(neither --data-dir nor PRUNELAB_DATA) to fall back to the HF datasets download"
+    )
+
+
+def locate(dataset: str, filename: str) -> Path | None:
+    """The local copy of ``<dataset>/<filename>``, or None when the caller may fall back to HF ``datasets``.
+
+    None only when the user named no data location; a named folder lacking the file raises a
+    :class:`PrunelabError` listing the dataset and the path looked for (a named location is binding).
+    """
+    path = find_file(dataset, filename)
+    if path is None and (explicit := explicit_location()) is not None:
+        raise missing_in_named_folder([(dataset, filename)], explicit)
+    return path
+
+
 def require_file(dataset: str, filename: str) -> Path:
-    """Like :func:`find_file` but raises a clear error naming every place looked."""
+    """Like :func:`find_file` but raises a clear error naming every place looked (for data with no HF fallback)."""
     path = find_file(dataset, filename)
     if path is None:
+        explicit = explicit_location()
+        if explicit is not None:
+            raise missing_in_named_folder([(dataset, filename)], explicit)
         looked = ", ".join(str(r / dataset / filename) for r in candidate_roots())
         raise PrunelabError(
             f"data file {dataset}/{filename} not found; looked in: {looked} "

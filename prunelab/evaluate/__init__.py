@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from prunelab.errors import PrunelabError
-from prunelab.evaluate.registry import TASKS, TaskFn, TaskResult, task
+from prunelab.evaluate.registry import TASKS, ItemOutcome, TaskFn, TaskResult, task
+
+if TYPE_CHECKING:
+    from prunelab.evaluate.generative_tasks import GenerationProtocol
 
 #: Modules whose import registers tasks. Built-ins first; optional study modules are imported when present.
 TASK_MODULES = ("prunelab.evaluate.tasks",)
@@ -40,6 +43,11 @@ class EvalReport:
     limit: int | None = None
     seed: int = 0
     seconds: float = 0.0
+    #: prompt protocol the generation tasks used ("raw" or "chat"; see ``evaluate(protocol=...)``)
+    protocol: str | None = None
+    #: tasks run only because a requested one needed them (``composite``'s arc_easy_gen / lambada_gen), kept
+    #: so their per-item outcomes — from which the composite's interval is computed — are not lost
+    dependencies: dict[str, TaskResult] = field(default_factory=dict)
 
     def score(self, task: str) -> float:
         """The primary metric of ``task`` (accuracy in percent, or perplexity)."""
@@ -65,20 +73,33 @@ def resolve_tasks(tasks: str | list[str]) -> list[str]:
 
 
 def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | None = None, seed: int = 0,
-             batch_size: int = 8, progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
+             batch_size: int = 8, progress: Callable[[str, int, int], None] | None = None,
+             protocol: GenerationProtocol = "auto") -> EvalReport:
     """Run ``tasks`` on ``model``; every name is validated before any work starts.
 
     ``limit`` = items per task (a seeded sample; for ``wikitext2``/``c4`` the number of 512-token windows),
     ``None`` = all. ``progress(task, done, total)`` is called as items of a task finish (the CLI's bar).
+    ``protocol`` = prompt protocol of the generation tasks (``arc_easy_gen``, ``lambada_gen``, ``composite``):
+    ``raw``, ``chat`` (the tokenizer's chat template; an error before any work if it has none) or ``auto``
+    (chat iff the tokenizer has a template). The protocol used is in ``EvalReport.protocol`` and in each
+    such task's ``details["protocol"]``.
     """
     import time
 
+    from prunelab.evaluate.generative_tasks import PROTOCOL_TASKS, check_protocol, generation_settings, resolve_protocol
+
     names = resolve_tasks(tasks)
+    check_protocol(protocol)
+    used = None
+    if set(names) & PROTOCOL_TASKS:  # chat without a template fails here, before any work
+        used = resolve_protocol(tokenizer, protocol)
+    if "arc_easy_gen_chat" in names:  # the old always-chat task: the same check, before any work
+        resolve_protocol(tokenizer, "chat")
     if limit is not None and limit <= 0:
         raise PrunelabError(f"limit must be a positive number of items, got {limit}")
     if batch_size <= 0:
         raise PrunelabError(f"batch size must be positive, got {batch_size}")
-    report = EvalReport(limit=limit, seed=seed)
+    report = EvalReport(limit=limit, seed=seed, protocol=used)
     start = time.perf_counter()
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -88,9 +109,13 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
 
     cache: dict[str, TaskResult] = {}
     try:
-        with reporting(progress), run_cache(cache):
+        with reporting(progress), run_cache(cache), generation_settings(protocol=used or protocol):
             for name in names:
                 report.results[name] = dependency(name, model, tokenizer, limit, seed, batch_size)
+        report.dependencies = {k: v for k, v in cache.items() if k not in report.results}
+        for name, res in [*report.results.items(), *report.dependencies.items()]:
+            if name in PROTOCOL_TASKS:  # composite has no prompts of its own: it used its parts' protocol
+                res.details.setdefault("protocol", used)
     finally:
         if was_training:
             model.train()
@@ -98,6 +123,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
     return report
 
 
-__all__ = ["EvalReport", "TASKS", "TaskFn", "TaskResult", "evaluate", "load_tasks", "resolve_tasks", "task"]
+__all__ = ["EvalReport", "ItemOutcome", "TASKS", "TaskFn", "TaskResult", "evaluate", "load_tasks", "resolve_tasks",
+           "task"]
 
 from prunelab.evaluate import generative_tasks  # noqa: E402,F401  (registers gsm8k, ifeval, truthfulqa_mc1/mc2)

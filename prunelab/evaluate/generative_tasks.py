@@ -18,8 +18,15 @@ Each task follows lm-evaluation-harness 0.4.13 and reuses its code where it exis
 - **truthfulqa_mc2**: the normalised probability mass on the true answers,
   ``MC2 = Σ_{i true} exp(ℓ_i) / Σ_i exp(ℓ_i)`` (lm-eval's ``process_results_mc2``), computed in log space.
 
-Generation settings (new-token budgets, GSM8K shots, chat template on/off) are not part of the registry's
-task signature, so they live in :data:`SETTINGS` and are changed with :func:`generation_settings`.
+Generation settings (new-token budgets, GSM8K shots, chat template on/off, the prompt ``protocol`` of the
+recovery study's generation tasks) are not part of the registry's task signature, so they live in
+:data:`SETTINGS` and are changed with :func:`generation_settings` (``evaluate(..., protocol=...)`` does this).
+
+**Prompt protocol** (``arc_easy_gen``, ``lambada_gen`` and ``composite``; :func:`resolve_protocol`): ``raw``
+sends the study's prompt as plain text (right for a base model, e.g. the study's Llama-3.2-1B); ``chat`` sends
+it as one user turn of the tokenizer's chat template with the assistant turn opened
+(``add_generation_prompt=True``), which an instruction-tuned model needs (SmolLM2-Instruct ends its turn right
+after a raw ``Answer:``); ``auto`` = ``chat`` when the tokenizer has a chat template, else ``raw``.
 """
 
 from __future__ import annotations
@@ -30,18 +37,50 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from prunelab.data import load_gsm8k, load_ifeval, load_truthfulqa, seeded_sample
 from prunelab.errors import PrunelabError
-from prunelab.evaluate.registry import TASKS, TaskResult
+from prunelab.evaluate.registry import TASKS, ItemOutcome, TaskResult
 
 
 # ----------------------------------------------------------------------------------------------------------
 # settings
 # ----------------------------------------------------------------------------------------------------------
+GenerationProtocol = Literal["raw", "chat", "auto"]
+#: the prompt protocols (module docstring); ``auto`` resolves to ``raw`` or ``chat``
+PROTOCOLS: tuple[str, ...] = get_args(GenerationProtocol)
+#: tasks whose prompts follow the protocol (``composite`` through its parts)
+PROTOCOL_TASKS: frozenset[str] = frozenset({"arc_easy_gen", "lambada_gen", "composite"})
+
+
+def check_protocol(protocol: str) -> GenerationProtocol:
+    """``protocol`` if it is one of :data:`PROTOCOLS`, else a one-line :class:`PrunelabError`."""
+    if protocol not in PROTOCOLS:
+        raise PrunelabError(f"unknown prompt protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    return protocol  # type: ignore[return-value]
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_protocol(tokenizer: Any, protocol: str) -> Literal["raw", "chat"]:
+    """The protocol actually used with ``tokenizer``: ``auto`` → ``chat`` iff it has a chat template.
+
+    ``chat`` on a tokenizer without a template is a :class:`PrunelabError` (call this before any work).
+    """
+    protocol = check_protocol(protocol)
+    if protocol == "auto":
+        return "chat" if has_chat_template(tokenizer) else "raw"
+    if protocol == "chat" and not has_chat_template(tokenizer):
+        raise PrunelabError("protocol 'chat' needs a chat template, but this model's tokenizer has none; "
+                            "use protocol raw or auto")
+    return protocol  # type: ignore[return-value]
+
+
 @dataclass
 class GenerationSettings:
     """Knobs of the generative tasks (the registry's task signature has no room for them)."""
@@ -51,6 +90,8 @@ class GenerationSettings:
     gsm8k_shots: int = 5
     #: wrap IFEval prompts in the tokenizer's chat template when it has one
     chat_template: bool = True
+    #: prompt protocol of the generation tasks (module docstring); ``auto`` is resolved per tokenizer
+    protocol: GenerationProtocol = "auto"
 
 
 SETTINGS = GenerationSettings()
@@ -67,6 +108,8 @@ def generation_settings(**changes: Any) -> Iterator[GenerationSettings]:
             raise PrunelabError(f"{key} must be a positive number of tokens, got {changes[key]}")
     if "gsm8k_shots" in changes and int(changes["gsm8k_shots"]) < 0:
         raise PrunelabError(f"gsm8k_shots must be ≥ 0, got {changes['gsm8k_shots']}")
+    if "protocol" in changes:
+        check_protocol(changes["protocol"])
     old = dataclasses.replace(SETTINGS)
     for k, v in changes.items():
         setattr(SETTINGS, k, v)
@@ -213,6 +256,9 @@ def gsm8k(model: Any, tokenizer: Any, limit: int | None, seed: int, batch_size: 
         metrics={"exact_match_flexible": 100.0 * sum(flex_ok) / n, "exact_match_strict": 100.0 * sum(strict_ok) / n},
         primary="exact_match_flexible", n=n, item_ids=[it.id for it in items], seconds=time.perf_counter() - t0,
         details={"shots": len(shots), "max_new_tokens": SETTINGS.gsm8k_max_new_tokens, "predictions": preds},
+        # per item: the primary (flexible-extract) verdict and the number it extracted
+        outcomes=[ItemOutcome(it.id, correct=float(ok), prediction=p["flexible"])
+                  for it, ok, p in zip(items, flex_ok, preds)],
     )
 
 
@@ -314,6 +360,9 @@ def ifeval(model: Any, tokenizer: Any, limit: int | None, seed: int, batch_size:
                  "punkt": "untrained (punkt_tab absent)" if PUNKT_FALLBACK else "punkt_tab",
                  "responses": [{"id": it.id, "response": r, "strict": s.strict, "loose": s.loose}
                                for it, r, s in zip(items, responses, scores)]},
+        # correct = the primary prompt-level strict verdict: every instruction followed
+        outcomes=[ItemOutcome(it.id, correct=float(all(s.strict)), verdicts=tuple(s.strict),
+                              verdicts_loose=tuple(s.loose)) for it, s in zip(items, scores)],
     )
 
 
@@ -363,8 +412,11 @@ def _truthfulqa(kind: str, model: Any, tokenizer: Any, limit: int | None, seed: 
     acc = 100.0 * sum(scores) / len(scores)
     if not math.isfinite(acc):
         raise PrunelabError(f"TruthfulQA {kind} produced a non-finite score (the model's logits hold NaN/inf)")
+    # prediction = the highest-log-likelihood choice (first wins ties), for MC1 and MC2 alike
+    outcomes = [ItemOutcome(it.id, correct=sc, prediction=str(max(range(len(ll)), key=lambda i: ll[i])),
+                            logliks=tuple(ll)) for it, sc, ll in zip(items, scores, lls)]
     return TaskResult(task=f"truthfulqa_{kind}", metrics={"acc": acc}, primary="acc", n=len(items),
-                      item_ids=[it.id for it in items], seconds=time.perf_counter() - t0)
+                      item_ids=[it.id for it in items], seconds=time.perf_counter() - t0, outcomes=outcomes)
 
 
 @TASKS.register("truthfulqa_mc1")

@@ -27,7 +27,7 @@ from typing import Any
 
 from prunelab.data import require_file, seeded_sample
 from prunelab.errors import PrunelabError
-from prunelab.evaluate.registry import TaskResult
+from prunelab.evaluate.registry import ItemOutcome, TaskResult
 
 
 @dataclass
@@ -187,12 +187,18 @@ def lmeval_evaluate(model, tokenizer, tasks: list[str] | str, limit: int | None 
                 if value is not None:
                     metrics[m] = float(value) if m == "perplexity" else 100.0 * float(value)
             details: dict[str, Any] = {}
+            outcomes: list[ItemOutcome] = []
             if log_samples:
                 samples = sorted(out["samples"][key], key=lambda s: s["doc_id"])
                 details["loglikelihoods"] = [[float(r[0][0]) for r in s["resps"]] for s in samples]
                 details["doc_ids"] = [s["doc_id"] for s in samples]
+                # lm-eval logs each sample's own metric values (0/1 for acc / acc_norm): the per-item outcomes
+                outcomes = [ItemOutcome(i, correct=float(s[bt.primary]) if bt.primary in s else None,
+                                        logliks=tuple(ll))
+                            for i, s, ll in zip(item_ids(name, details["doc_ids"]), samples, details["loglikelihoods"])]
             report.results[name] = TaskResult(name, metrics, bt.primary, int(res.get("sample_len", len(indices[name]))),
-                                              item_ids(name, indices[name]), time.perf_counter() - t0, details)
+                                              item_ids(name, indices[name]), time.perf_counter() - t0, details,
+                                              outcomes=outcomes)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -9,16 +9,31 @@ continuation, the *whole* string is encoded and split at ``len(encode(context))`
 
 over the input ``(context_enc + continuation_enc)[-(max_length + 1):][:-1]`` (lm-eval's left truncation).
 
-Speed (why this is not just lm-eval's loop): the requests of one item (its choices) share a token prefix —
-the context — so it is run *once*: a left-padded batch of prefixes fills a KV cache, the cache rows are
-repeated per choice, and only the choice tokens run in a second forward. Only the logits needed for scoring
-are materialised (``logits_to_keep``), items are sorted by length to minimise padding, and everything runs
-under ``torch.inference_mode()``. Results equal the unshared computation up to float rounding (tested).
+Speed (why this is not just lm-eval's loop; measured in ``benchmarks/eval_vs_lmeval.py``):
+
+* **Shared context once (tree attention).** An item's requests share a token prefix (the context): its
+  distinct inputs become one *tree* — the prefix once, then one branch per distinct input (identical inputs,
+  e.g. one-token choices, run once, as lm-eval's one-token cache does). The branches attend to the prefix
+  and to themselves only (a 4-D mask), each at its own positions, so one forward computes all choices with
+  the prefix's FLOPs paid once (the same computation as a KV-cached prefix, without the cache copies).
+* **No padding waste.** Trees are bin-packed first-fit-decreasing into rows (several items per row,
+  block-diagonal mask), rows of similar width share a forward of about ``batch_size × 256`` tokens; long
+  single-input trees (BoolQ passages) run one per row, length-sorted, maskless causal (see ``_pack``).
+* **LM head only where scored.** The decoder runs to hidden states; ``lm_head`` (49k × 576 on SmolLM2, about
+  a fifth of a token's FLOPs) and the log-softmax are applied only to the positions predicting a
+  continuation token, in chunks.
+* **Little Python per item.** One batched tokenizer call over the distinct strings; per-request sums by
+  ``index_add_``.
+
+Results equal one-request-at-a-time scoring (:func:`loglikelihood_reference`) to float rounding (tested on
+every tiny family); ``with use_engine("reference"):`` switches every caller to that reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,12 +87,28 @@ def max_length(model, tokenizer=None, default: int = 2048) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-@dataclass
-class _Req:
-    item: int
-    choice: int
-    seq: list[int]  # model input: (ctx + cont)[-(L+1):][:-1]
-    cont: list[int]
+#: width of a packed row (tokens). Attention in a packed row is dense over the row (a block-diagonal / tree
+#: mask does not make the CPU kernels skip masked blocks), so its cost per query token grows with the row
+#: width; 256 keeps that under ~8 % of a SmolLM2 token's linear FLOPs while rows still fill to ~100 %.
+ROW_TOKENS = 256
+#: LM-head rows per chunk: bounds the [rows, vocab] fp32 logits buffer (512 × 49k ≈ 100 MB).
+HEAD_CHUNK = 512
+
+_ENGINE: contextvars.ContextVar[str] = contextvars.ContextVar("prunelab_loglik_engine", default="packed")
+ENGINES = ("packed", "reference")
+
+
+@contextlib.contextmanager
+def use_engine(name: str) -> Iterator[None]:
+    """Score every :func:`loglikelihood_groups` call inside the block with engine ``name``: ``packed`` (default,
+    see module docstring) or ``reference`` (:func:`loglikelihood_reference`, one unpadded forward per request)."""
+    if name not in ENGINES:
+        raise PrunelabError(f"unknown log-likelihood engine '{name}'; known: {', '.join(ENGINES)}")
+    token = _ENGINE.set(name)
+    try:
+        yield
+    finally:
+        _ENGINE.reset(token)
 
 
 def _score(logits: torch.Tensor, cont: list[int]) -> tuple[float, bool]:
@@ -113,8 +144,181 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _forward(model, **kwargs):
-    return model(**kwargs, return_dict=True)
+def lm_head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """``lm_head(h)`` with the family's final-logit soft-capping (Gemma2: ``c·tanh(z/c)``, Gemma Team 2024,
+    §2) — what ``*ForCausalLM.forward`` does after the decoder, applied here only to the rows that are scored."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@dataclass
+class _Tree:
+    """One item's distinct model inputs as a shared prefix plus one branch per distinct input (tree attention).
+
+    ``reqs``: ``(group, choice, branch, first, cont)`` — ``first`` is the position (in the request's own input)
+    whose output predicts ``cont[0]``."""
+
+    group: int
+    prefix: list[int]
+    branches: list[list[int]]
+    reqs: list[tuple[int, int, int, int, list[int]]]
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + sum(len(b) for b in self.branches)
+
+    def node(self, branch: int, q: int) -> int:
+        """Offset inside the packed tree of position ``q`` of distinct input ``branch``."""
+        p = len(self.prefix)
+        if q < p:
+            return q
+        return p + sum(len(b) for b in self.branches[:branch]) + (q - p)
+
+
+class _Encoder:
+    """``encode_pair`` for many requests at once: one batched tokenizer call, each distinct string once."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tok = tokenizer
+        self.bos = tokenizer.decode(prefix_token_id(tokenizer))
+        self.prefix = prefix_token_id(tokenizer)
+
+    def pairs(self, reqs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        split: list[tuple[str, str]] = []
+        for context, continuation in reqs:
+            n_spaces = len(context) - len(context.rstrip())
+            if context and n_spaces:  # lm-eval moves the context's trailing spaces to the continuation
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            split.append((context, continuation))
+        texts = {t for c, x in split for t in ((x,) if c == "" else (c, c + x))}
+        enc = self._encode(sorted(texts))
+        out = []
+        for context, continuation in split:
+            if context == "":
+                out.append(([self.prefix], enc[continuation]))
+            else:
+                ctx = enc[context]
+                out.append((ctx, enc[context + continuation][len(ctx):]))
+        return out
+
+    def _encode(self, texts: list[str]) -> dict[str, list[int]]:
+        # tok_encode's special-token rule: strings that already start with the prefix token's text add none
+        plain = [t for t in texts if not (self.bos and t.startswith(self.bos))]
+        marked = [t for t in texts if self.bos and t.startswith(self.bos)]
+        enc: dict[str, list[int]] = {}
+        if plain:
+            enc.update(zip(plain, self.tok(plain)["input_ids"]))
+        if marked:
+            enc.update(zip(marked, self.tok(marked, add_special_tokens=False)["input_ids"]))
+        return enc
+
+
+def _build_trees(tokenizer, groups, limit: int, share_prefix: bool) -> list[_Tree]:
+    flat = [(gi, ci, req) for gi, g in enumerate(groups) for ci, req in enumerate(g)]
+    encoded = _Encoder(tokenizer).pairs([req for _, _, req in flat])
+    per_group: list[list[tuple[int, list[int], list[int]]]] = [[] for _ in groups]
+    for (gi, ci, (_, continuation)), (ctx, cont) in zip(flat, encoded):
+        if not cont:
+            raise PrunelabError(f"continuation {continuation!r} encodes to no tokens")
+        if len(cont) > limit:
+            raise PrunelabError(f"continuation of {len(cont)} tokens exceeds the model's {limit}-token context")
+        if not ctx:
+            raise PrunelabError("a non-empty context encoded to no tokens: nothing conditions the continuation")
+        per_group[gi].append((ci, (ctx + cont)[-(limit + 1):][:-1], cont))  # lm-eval's left truncation
+    trees: list[_Tree] = []
+    for gi, reqs in enumerate(per_group):
+        if not share_prefix:
+            trees.extend(_Tree(gi, seq, [[]], [(gi, ci, 0, len(seq) - len(cont), cont)]) for ci, seq, cont in reqs)
+            continue
+        distinct: dict[tuple[int, ...], int] = {}
+        seqs: list[list[int]] = []
+        keyed = []
+        for ci, seq, cont in reqs:  # identical inputs (one-token choices, e.g. BoolQ's yes/no) run once
+            k = distinct.setdefault(tuple(seq), len(seqs))
+            if k == len(seqs):
+                seqs.append(seq)
+            keyed.append((gi, ci, k, len(seq) - len(cont), cont))
+        p = len(seqs[0]) if len(seqs) == 1 else _common_prefix(seqs)
+        if p == 0:  # nothing shared (e.g. left-truncated windows): one tree per distinct input
+            for k, seq in enumerate(seqs):
+                trees.append(_Tree(gi, seq, [[]], [(g, c, 0, f, x) for g, c, kk, f, x in keyed if kk == k]))
+            continue
+        trees.append(_Tree(gi, seqs[0][:p], [s[p:] for s in seqs], keyed))
+    return trees
+
+
+def _pack(trees: list[_Tree], token_budget: int) -> Iterator[tuple[bool, list[list[int]]]]:
+    """Rows of tree indices per forward, as ``(plain, rows)``.
+
+    Long single-sequence trees (no branches, longer than half a row: BoolQ passages, LAMBADA) run *plain*:
+    one per row, right-padded, length-sorted so neighbours differ little, with no mask at all — causal
+    attention alone keeps the padding out of every real token's view, and the kernels' causal path computes
+    half the attention a dense mask would (lm-eval's own trick). Everything else is bin-packed first-fit
+    decreasing: a forward's width is its largest tree (at least ``ROW_TOKENS``) and it holds
+    ``token_budget // width`` rows, so long trees run in few wide rows and short ones in many narrow ones."""
+    plain = sorted((t for t, tree in enumerate(trees) if tree.branches == [[]] and tree.size > ROW_TOKENS // 2),
+                   key=lambda t: -trees[t].size)
+    i = 0
+    while i < len(plain):
+        n = max(1, token_budget // trees[plain[i]].size)
+        yield True, [[t] for t in plain[i:i + n]]
+        i += n
+    is_plain = set(plain)
+    pending = sorted((t for t in range(len(trees)) if t not in is_plain), key=lambda t: -trees[t].size)
+    while pending:
+        width = max(ROW_TOKENS, trees[pending[0]].size)
+        n_rows = max(1, token_budget // width)
+        rows: list[list[int]] = []
+        free: list[int] = []
+        rest: list[int] = []
+        smallest = trees[pending[-1]].size
+        for pos, t in enumerate(pending):
+            s = trees[t].size
+            for r, room in enumerate(free):
+                if s <= room:
+                    rows[r].append(t)
+                    free[r] -= s
+                    break
+            else:
+                if len(rows) < n_rows:
+                    rows.append([t])
+                    free.append(width - s)
+                else:
+                    rest.append(t)
+            if len(rows) == n_rows and max(free) < smallest:
+                rest.extend(pending[pos + 1:])
+                break
+        yield False, rows
+        pending = rest
+
+
+def _attention_masks(model, tree_id: torch.Tensor, branch: torch.Tensor, pos: torch.Tensor, dtype):
+    """Additive 4-D masks ``[R, 1, W, W]`` of the packed rows: a token sees the earlier tokens of its own
+    tree's prefix and of its own branch (and, in sliding-window layers, only the last ``window`` positions).
+    Families with per-layer attention types (Gemma2, Qwen2) take a ``{layer type: mask}`` mapping."""
+    w = tree_id.shape[1]
+    col = torch.arange(w, device=tree_id.device)
+    allowed = ((tree_id[:, :, None] == tree_id[:, None, :]) & (col[:, None] >= col[None, :])
+               & ((branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])))
+
+    def additive(ok: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, torch.finfo(dtype).min)[:, None]
+
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None:
+        masks = {"full_attention": additive(allowed)}
+        if "sliding_attention" in layer_types:
+            near = (pos[:, :, None] - pos[:, None, :]) < window if window else torch.ones_like(allowed)
+            masks["sliding_attention"] = additive(allowed & near)
+        return masks if len(masks) > 1 else masks["full_attention"]
+    if window:  # one mask for all layers, sliding (Mistral, Phi3 with a window)
+        allowed = allowed & ((pos[:, :, None] - pos[:, None, :]) < window)
+    return additive(allowed)
 
 
 @torch.inference_mode()
@@ -123,88 +327,86 @@ def loglikelihood_groups(model, tokenizer, groups: Sequence[Sequence[tuple[str, 
                          progress: Callable[[int], None] | None = None) -> list[list[tuple[float, bool]]]:
     """Score every ``(context, continuation)`` of every group (an item's choices); see module docstring.
 
-    Returns, per group, ``[(loglik, is_greedy), ...]`` in the requests' order. ``batch_size`` counts groups
-    per forward (the choice forward holds all their choices). ``progress(n_groups_done)`` is called per batch.
+    Returns, per group, ``[(loglik, is_greedy), ...]`` in the requests' order. Each forward holds about
+    ``batch_size × 256`` packed tokens. ``share_prefix=False`` runs every request as its own sequence (no
+    sharing; same scores). ``progress(n_groups_done)`` is called per forward.
     """
     if batch_size <= 0:
         raise PrunelabError(f"batch size must be positive, got {batch_size}")
+    if _ENGINE.get() == "reference":
+        out_ref = []
+        for group in groups:
+            out_ref.append([loglikelihood_reference(model, tokenizer, c, x) for c, x in group])
+            if progress:
+                progress(1)
+        return out_ref
     device = _model_device(model)
     limit = max_length(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix_token_id(tokenizer)
+    decoder = model.get_decoder()
+    dtype = model.get_output_embeddings().weight.dtype
+    trees = _build_trees(tokenizer, groups, limit, share_prefix)
     out: list[list[tuple[float, bool] | None]] = [[None] * len(g) for g in groups]
+    trees_left = [0] * len(groups)
+    for t in trees:
+        trees_left[t.group] += 1
 
-    shared: list[tuple[int, list[_Req], int]] = []  # (item, requests, prefix length)
-    solo: list[_Req] = []
-    for gi, group in enumerate(groups):
-        reqs = []
-        for ci, (context, continuation) in enumerate(group):
-            ctx, cont = encode_pair(tokenizer, context, continuation)
-            if not cont:
-                raise PrunelabError(f"continuation {continuation!r} encodes to no tokens")
-            if len(cont) > limit:
-                raise PrunelabError(f"continuation of {len(cont)} tokens exceeds the model's {limit}-token context")
-            seq = (ctx + cont)[-(limit + 1):][:-1]
-            reqs.append(_Req(gi, ci, seq, cont))
-        truncated = any(len(r.seq) >= limit for r in reqs)
-        p = min(_common_prefix([r.seq for r in reqs]), min(len(r.seq) for r in reqs) - 1) if len(reqs) > 1 else 0
-        if share_prefix and len(reqs) > 1 and p >= 1 and not truncated:
-            shared.append((gi, reqs, p))
+    for plain, rows in _pack(trees, batch_size * ROW_TOKENS):
+        w = max(sum(trees[t].size for t in row) for row in rows)  # trim the forward to its fullest row
+        ids = torch.full((len(rows), w), pad_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), w), dtype=torch.long)
+        tree_id = torch.full((len(rows), w), -1, dtype=torch.long)  # padding: a tree of its own
+        branch = torch.zeros((len(rows), w), dtype=torch.long)
+        gather, targets, owner, done = [], [], [], []
+        n_tree = 0
+        for r, row in enumerate(rows):
+            col = 0
+            for t in row:
+                tree = trees[t]
+                p = len(tree.prefix)
+                ids[r, col:col + p] = torch.tensor(tree.prefix)
+                pos[r, col:col + p] = torch.arange(p)
+                c = col + p
+                for b, suffix in enumerate(tree.branches):
+                    if suffix:
+                        ids[r, c:c + len(suffix)] = torch.tensor(suffix)
+                        pos[r, c:c + len(suffix)] = torch.arange(p, p + len(suffix))
+                        branch[r, c:c + len(suffix)] = b + 1
+                        c += len(suffix)
+                tree_id[r, col:c] = n_tree
+                n_tree += 1
+                base = r * w + col
+                for gi, ci, b, first, cont in tree.reqs:
+                    gather.extend(base + tree.node(b, q) for q in range(first, first + len(cont)))
+                    targets.extend(cont)
+                    owner.extend([len(done)] * len(cont))
+                    done.append((gi, ci))
+                col = c
+        if plain:  # one sequence per row from position 0, right padding: causal attention needs no mask
+            hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
         else:
-            solo.extend(reqs)
-
-    # solo requests: one left-padded forward per batch, keeping only the continuation logits
-    solo.sort(key=lambda r: -len(r.seq))
-    step = batch_size * 4  # a request is ~ one choice; keep forwards about the size of the shared path's
-    for start in range(0, len(solo), step):
-        chunk = solo[start:start + step]
-        ids, mask, pos = _left_pad([r.seq for r in chunk], pad_id, device)
-        keep = max(len(r.cont) for r in chunk)
-        logits = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                          logits_to_keep=keep).logits
-        for row, r in enumerate(chunk):
-            out[r.item][r.choice] = _score(logits[row, keep - len(r.cont):], r.cont)
-        if progress:
-            progress(len({r.item for r in chunk}))
-
-    # shared-prefix groups: prefix once (KV cache), then all choices' suffixes in one forward
-    shared.sort(key=lambda s: -len(s[1][0].seq))
-    for start in range(0, len(shared), batch_size):
-        chunk = shared[start:start + batch_size]
-        prefixes = [reqs[0].seq[:p] for _, reqs, p in chunk]
-        ids, mask, pos = _left_pad(prefixes, pad_id, device)
-        width = ids.shape[1]
-        # prefix logits needed: real positions >= min(start of scoring) (= len(seq) - len(cont)) and < p
-        need = [p - min(len(r.seq) - len(r.cont) for r in reqs) for _, reqs, p in chunk]
-        keep = max(1, max(need))
-        res = _forward(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                       logits_to_keep=keep)
-        prefix_logits, cache = res.logits, res.past_key_values
-        rows = [(bi, r) for bi, (_, reqs, _) in enumerate(chunk) for r in reqs]
-        index = torch.tensor([bi for bi, _ in rows], device=device)
-        cache.batch_select_indices(index)
-        suffixes = [r.seq[chunk[bi][2]:] for bi, r in rows]
-        s_width = max(len(s) for s in suffixes)
-        s_ids = torch.full((len(rows), s_width), pad_id, dtype=torch.long)
-        s_mask = torch.zeros((len(rows), s_width), dtype=torch.long)
-        for i, s in enumerate(suffixes):
-            s_ids[i, :len(s)] = torch.tensor(s)
-            s_mask[i, :len(s)] = 1
-        p_col = torch.tensor([chunk[bi][2] for bi, _ in rows])
-        s_pos = p_col[:, None] + torch.arange(s_width)[None, :]
-        logits = _forward(model, input_ids=s_ids.to(device),
-                          attention_mask=torch.cat([mask[index], s_mask.to(device)], dim=1),
-                          position_ids=s_pos.to(device), past_key_values=cache, use_cache=True).logits
-        for i, (bi, r) in enumerate(rows):
-            p = chunk[bi][2]
-            first = len(r.seq) - len(r.cont)  # real position whose logits predict cont[0]
-            parts = []
-            if first < p:  # kept prefix column for real position q is q - p + keep
-                parts.append(prefix_logits[bi, first - p + keep:])
-            parts.append(logits[i, max(0, first - p):len(r.seq) - p])
-            out[r.item][r.choice] = _score(torch.cat(parts, 0), r.cont)
-        del cache
-        if progress:
-            progress(len(chunk))
+            masks = _attention_masks(model, tree_id.to(device), branch.to(device), pos.to(device), dtype)
+            hidden = decoder(input_ids=ids.to(device), attention_mask=masks, position_ids=pos.to(device),
+                             use_cache=False).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(gather, device=device)]
+        tgt = torch.tensor(targets, device=device)
+        logp, miss = [], []
+        for s in range(0, len(gather), HEAD_CHUNK):  # the LM head only at the scored positions
+            lp = F.log_softmax(lm_head_logits(model, hidden[s:s + HEAD_CHUNK]).float(), dim=-1)
+            logp.append(lp.gather(1, tgt[s:s + HEAD_CHUNK, None]).squeeze(1))
+            miss.append(lp.argmax(-1) != tgt[s:s + HEAD_CHUNK])
+        own = torch.tensor(owner, device=device)
+        ll = torch.zeros(len(done), dtype=torch.float32, device=device).index_add_(0, own, torch.cat(logp))
+        misses = torch.zeros(len(done), dtype=torch.long, device=device).index_add_(0, own, torch.cat(miss).long())
+        finished = 0
+        for (gi, ci), value, m in zip(done, ll.tolist(), misses.tolist()):
+            out[gi][ci] = (value, m == 0)
+        for row in rows:
+            for t in row:
+                trees_left[trees[t].group] -= 1
+                finished += trees_left[trees[t].group] == 0
+        if progress and finished:
+            progress(finished)
     return out  # type: ignore[return-value]
 
 

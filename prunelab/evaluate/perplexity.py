@@ -10,7 +10,7 @@ their new tokens (the HF "sliding window" recipe); then every token but the text
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ class PerplexityResult:
     windows: int
     seq_len: int
     stride: int
+    #: per window (in text order): summed NLL of its scored tokens and their count — Σ/Σ gives ``nll_mean``
+    window_nll: list[float] = field(default_factory=list)
+    window_tokens: list[int] = field(default_factory=list)
 
 
 def tokenize_text(tokenizer, text: str) -> torch.Tensor:
@@ -70,24 +73,29 @@ def perplexity_of_ids(model, ids: torch.Tensor, seq_len: int = 512, stride: int 
     wins = windows(ids, seq_len, stride, max_windows)
     total_nll = 0.0
     total_tokens = 0
+    window_nll: list[float] = [0.0] * len(wins)
+    window_tokens: list[int] = [0] * len(wins)
     for start in range(0, len(wins), batch_size):
         group = wins[start : start + batch_size]
         by_len: dict[int, list] = {}
-        for chunk, n_scored in group:
-            by_len.setdefault(chunk.numel(), []).append((chunk, n_scored))
+        for offset, (chunk, n_scored) in enumerate(group):
+            by_len.setdefault(chunk.numel(), []).append((chunk, n_scored, start + offset))
         for length, items in by_len.items():
-            batch = torch.stack([c for c, _ in items]).to(device)
+            batch = torch.stack([c for c, _, _ in items]).to(device)
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
             nll = nll.view(len(items), length - 1)
-            for row, (_, n_scored) in enumerate(items):
-                total_nll += nll[row, -n_scored:].sum().item()
+            for row, (_, n_scored, index) in enumerate(items):
+                window = nll[row, -n_scored:].sum().item()
+                total_nll += window  # accumulated in the same order as before, so ppl is unchanged
                 total_tokens += n_scored
+                window_nll[index], window_tokens[index] = window, n_scored
     if not math.isfinite(total_nll):
         raise PrunelabError("perplexity is not finite (the model produced NaN/inf logits)")
     mean = total_nll / total_tokens
     return PerplexityResult(perplexity=math.exp(mean), nll_mean=mean, tokens=total_tokens, windows=len(wins),
-                            seq_len=seq_len, stride=stride or seq_len)
+                            seq_len=seq_len, stride=stride or seq_len, window_nll=window_nll,
+                            window_tokens=window_tokens)
 
 
 def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | None = None,

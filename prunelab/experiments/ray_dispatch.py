@@ -1,20 +1,40 @@
 """Dispatch independent runs to a Ray cluster: one Ray task per run; the driver alone writes the store.
 
 Each task loads/prunes its own model (in the worker's ``work_dir``, so a shared filesystem lets workers
-reuse pruned checkpoints), executes the run with the worker's stages and returns ``(metrics, flops,
-timings, versions)``; the driver commits each result as it arrives (``ray.wait``), so killing the driver
-loses only unfinished runs, exactly like local execution. GPUs/CPUs per task come from the spec's
-``resources``. Ray is optional (``pip install 'prunelab[ray]'``) and imported only here.
+reuse pruned checkpoints), executes the run with the worker's stages and returns its metrics, flops,
+timings, per-item outcomes and package versions; the driver commits each result as it arrives
+(``ray.wait``), so killing the driver loses only unfinished runs, exactly like local execution.
+
+Faults: a task whose worker process dies (SIGKILL, OOM killer, lost node) is re-executed by Ray up to
+``resources.retries`` times (Ray's ``max_retries``; default 1) and recorded as failed with Ray's error after
+that; a run that raises is recorded as failed at once (``retry_exceptions`` stays off: a deterministic error
+would only fail again). Either way the run is absent from ``runs`` until it succeeds, and a rerun of the same
+command retries it. Runs are leased in the store before submission (:class:`~prunelab.experiments.runner.ClaimQueue`),
+so a driver sharing the store — another ``--ray`` driver or a local one — never executes the same run.
+
+CPUs/GPUs per task come from the spec's ``resources``. ``PRUNELAB_*`` environment variables of the driver
+(stages, data location, ...) are passed to the tasks as Ray ``runtime_env`` variables, so workers evaluate
+what the driver would. Ray is optional (``pip install 'prunelab[ray]'``) and imported only here.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from prunelab.errors import PrunelabError
+
+if TYPE_CHECKING:
+    from prunelab.experiments.runner import ClaimQueue
+    from prunelab.experiments.spec import ExperimentSpec
+    from prunelab.experiments.store import Store
+
+#: driver environment variables handed to every task (stages, data location, fake-stage knobs in tests)
+ENV_PREFIX = "PRUNELAB_"
 
 
 def _import_ray():
@@ -33,18 +53,50 @@ def remote_run(run_config: dict[str, Any], prepare_dir: str) -> dict[str, Any]:
 
     stages = get_stages()
     started = time.time()
+    outcomes: dict[str, Any] = {}
     try:
         prepared = stages.prepare(run_config["model"], run_config["pruning"], run_config["seed"], Path(prepare_dir))
-        metrics, flops, timings = execute_run(run_config, stages, prepared)
+        metrics, flops, timings = execute_run(run_config, stages, prepared, outcomes=outcomes)
     except Exception as exc:  # noqa: BLE001 - reported back to the driver, which records the failure
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     return {"ok": True, "metrics": metrics, "flops": flops, "timings": timings, "versions": package_versions(),
-            "started": started, "finished": time.time()}
+            "started": started, "finished": time.time(), "outcomes": outcomes}
 
 
-def run_on_ray(address: str, spec, pending: list, store, work: Path, meta: Callable, fail_fast: bool = False,
-               ray_module=None) -> tuple[int, list[str]]:
-    """Submit every pending run, store results as they complete; returns ``(completed, failures)``."""
+def _task_options(spec: ExperimentSpec) -> dict[str, Any]:
+    res = spec.resources
+    opts: dict[str, Any] = {"num_gpus": res.gpus, "num_cpus": res.cpus, "max_retries": res.retries}
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    if env:
+        opts["runtime_env"] = {"env_vars": env}
+    return opts
+
+
+def _capacity(ray, spec: ExperimentSpec) -> int:
+    """How many runs the cluster can execute at once with the spec's resources (at least 1).
+
+    The driver leases and submits only about that many (x2, so a worker never idles between results), which
+    leaves the other pending runs free for a second driver sharing the store.
+    """
+    try:
+        total = ray.cluster_resources()
+    except Exception:  # noqa: BLE001 - an unknown capacity only costs balance, never correctness
+        return 1
+    res = spec.resources
+    fits = [math.floor(total.get("CPU", 0.0) / res.cpus)]
+    if res.gpus > 0:
+        fits.append(math.floor(total.get("GPU", 0.0) / res.gpus))
+    return max(1, 2 * min(fits))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_on_ray(address: str, spec: ExperimentSpec, queue: ClaimQueue, store: Store, work: Path, meta: Callable,
+               fail_fast: bool = False, ray_module=None) -> tuple[int, list[str]]:
+    """Lease, submit and store every run ``queue`` hands out; returns ``(completed, failures)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prunelab.cli._common import err_console
@@ -56,26 +108,37 @@ def run_on_ray(address: str, spec, pending: list, store, work: Path, meta: Calla
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - connection problems become one clear line
             raise PrunelabError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
-    res = spec.resources
-    task = ray.remote(num_gpus=res.gpus, num_cpus=res.cpus, max_retries=0)(remote_run)
-    refs = {}
-    for run in pending:
-        refs[task.remote(run.config, str(work / "pruned" / run.group[-1]))] = run
+    task = ray.remote(**_task_options(spec))(remote_run)
+    inflight: dict[Any, Any] = {}
     completed, failures = 0, []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console) as progress:
-        bar = progress.add_task(f"{spec.name} (ray)", total=len(pending))
-        waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+        bar = progress.add_task(f"{spec.name} (ray)", total=len(queue.waiting))
+        queue.on_others = lambda n: progress.advance(bar, n)
+        while not queue.done or inflight:
+            capacity = _capacity(ray, spec)
+            while len(inflight) < capacity:
+                run = queue.take()
+                if run is None:
+                    break
+                inflight[task.remote(run.config, str(work / "pruned" / run.group[-1]))] = run
+            if not inflight:  # everything left is leased by another driver: wait for it
+                time.sleep(queue.poll)
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=None if queue.done else queue.poll)
             for ref in ready:
-                run = refs[ref]
-                out = ray.get(ref)
+                run = inflight.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - e.g. WorkerCrashedError once max_retries is spent
+                    out = {"ok": False, "error": _first_line(exc), "traceback": f"{type(exc).__name__}: {exc}"}
                 if not out["ok"]:
                     store.add_failure(run.hash, run.label, out["traceback"])
+                    queue.release(run, failed=True)
                     failures.append(f"{run.label}: {out['error']}")
+                    err_console.print(f"[red]run failed[/] {run.label}: {out['error']}", highlight=False)
                     if fail_fast:
-                        for r in waiting:
+                        for r in inflight:
                             ray.cancel(r)
                         return completed, failures
                     continue
@@ -84,8 +147,10 @@ def run_on_ray(address: str, spec, pending: list, store, work: Path, meta: Calla
                     hash=run.hash, kind=cfg["kind"], model=cfg["model"]["name"], pruning=cfg["pruning"]["name"],
                     mechanism=cfg["mechanism"]["name"] if cfg["kind"] == "treated" else None, seed=cfg["seed"],
                     config=cfg, metrics=out["metrics"], flops=out["flops"], timings=out["timings"],
-                    versions=out["versions"], started_at=out["started"], finished_at=out["finished"]),
+                    versions=out["versions"], started_at=out["started"], finished_at=out["finished"],
+                    outcomes=out.get("outcomes") or {}),
                     spec.name, run.index, meta(spec, run))
                 completed += 1
                 progress.advance(bar)
+                progress.console.print(f"[green]stored[/] {run.label}", highlight=False)
     return completed, failures

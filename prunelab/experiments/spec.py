@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
+from pydantic import model_serializer
 from prunelab.errors import PrunelabError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -97,6 +99,20 @@ class WidthPruning(_Strict):
     amplitude: float = Field(0.02, ge=0.0)
     steps: int = Field(10, ge=1)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    #: repair without retraining (:mod:`prunelab.prune.repair`); ``ridge`` is its relative λ (None: the default)
+    repair: Literal["none", "bias", "ls", "ls+bias"] = "none"
+    ridge: float | None = Field(None, ge=0.0)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_repair(self, handler):
+        # left out when unset, so specs written before repair existed keep their config hashes (and stored results)
+        data = handler(self)
+        if isinstance(data, dict):
+            if data.get("repair") == "none":
+                data.pop("repair", None)
+            if data.get("ridge") is None:
+                data.pop("ridge", None)
+        return data
 
     @model_validator(mode="after")
     def _one_size(self) -> "WidthPruning":
@@ -107,6 +123,8 @@ class WidthPruning(_Strict):
         if self.name is None:
             size = f"{round(self.ratio * 100)}" if self.ratio is not None else f"x{self.expansion_ratio:g}"
             self.name = f"{'adaptive' if self.adaptive else 'width'}-{self.criterion}-{size}"
+            if self.repair != "none":
+                self.name += f"+{self.repair}"
         return self
 
 
@@ -172,10 +190,15 @@ class RankSweep(_Strict):
 
 
 class IsodoseSpec(_Strict):
-    """Equal-FLOPs budget fixed by ``reference`` (``mechanism:epochs``), or the same fixed ``epochs`` for all."""
+    """Equal-FLOPs budget fixed by ``reference`` (``mechanism:epochs``), or the same fixed ``epochs`` for all.
+
+    ``formula`` = the cost the budget equalises (:mod:`prunelab.recover.isodose`): ``study`` = the study's
+    ``6·P·L·N·E`` (trainable params only; the reproduction), ``honest`` = ``T·(2F + 6P)`` (frozen base included).
+    """
 
     reference: str | None = None
     epochs: int | None = Field(None, ge=1)
+    formula: Literal["study", "honest"] = "study"
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +216,8 @@ class IsodoseSpec(_Strict):
     def _exactly_one(self) -> "IsodoseSpec":
         if (self.reference is None) == (self.epochs is None):
             raise ValueError("give exactly one of reference ('mechanism:epochs') or epochs")
+        if self.epochs is not None and self.formula != "study":
+            raise ValueError("formula applies to a reference budget; fixed epochs are not solved by any formula")
         if self.reference is not None:
             m = re.fullmatch(r"\s*([A-Za-z0-9_.+-]+)\s*:\s*(\d+)\s*", self.reference)
             if not m or int(m.group(2)) < 1:
@@ -252,6 +277,9 @@ class EvalSpec(_Strict):
     batch_size: int = Field(8, ge=1)
     # Items are sampled with this seed, not the training seed, so every run scores the same items (paired).
     seed: int = 0
+    #: prompt protocol of the generation tasks (prunelab.evaluate.generative_tasks): raw, chat, or auto (chat
+    #: when the model's tokenizer has a chat template). Part of every run's config, so it changes the hash.
+    protocol: Literal["raw", "chat", "auto"] = "auto"
 
     @field_validator("tasks")
     @classmethod
@@ -272,10 +300,13 @@ class EvalSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    """Resources one run requests when dispatched to Ray (``--ray``)."""
+    """Resources one run requests when dispatched to Ray (``--ray``); ``num_cpus``/``num_gpus`` (Ray's own
+    spellings) are accepted too. ``retries``: how often Ray re-executes a run whose worker process died
+    (Ray's ``max_retries``; a run that raises is recorded as failed, never retried)."""
 
-    gpus: float = Field(0.0, ge=0)
-    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0, validation_alias=AliasChoices("gpus", "num_gpus"))
+    cpus: float = Field(1.0, gt=0, validation_alias=AliasChoices("cpus", "num_cpus"))
+    retries: int = Field(1, ge=0)
 
 
 class ExperimentSpec(_Strict):
@@ -471,7 +502,8 @@ def expand(spec: ExperimentSpec, builtins: dict[str, dict[str, Any]] | None = No
                                 f"{model.name} · {pruning.name} · untreated · seed {seed}", len(runs),
                                 (model.name, pruning.name, str(seed), pk)))
                 for mech in mechs:
-                    dose = ({"reference": reference} if reference is not None else {"epochs": iso.epochs})
+                    dose = ({"reference": reference, "formula": iso.formula} if reference is not None
+                            else {"epochs": iso.epochs})
                     cfg = {"kind": "treated", "model": mdict, "pruning": pdict, "seed": seed,
                            "mechanism": mech, "dose": dose, **common, "stress": stress}
                     runs.append(Run(cfg, config_hash(cfg),

@@ -2,8 +2,12 @@
 
 :func:`real_stages` wires the library (``prunelab.prune``, ``prunelab.recover``, ``prunelab.stress``,
 ``prunelab.evaluate``); every import is lazy so ``prunelab run --help`` and the store/report code need none
-of them. Evaluation results are ``{"scores": {task: percent}, "n": {task: items}}``; ``composite`` is added as
-mean(ARC-Easy gen %, LAMBADA gen %) (DESIGN §7) when both are evaluated and it was not requested itself.
+of them. The evaluate stage returns a :class:`StageEval`: its :meth:`StageEval.summary`
+``{"scores": {task: percent}, "n": {task: items}}`` goes into the run's metrics, its per-item ``outcomes``
+into the store's ``outcomes`` table (kept apart so metrics_json stays small); ``composite`` is added as
+mean(ARC-Easy gen %, LAMBADA gen %) when both are evaluated and it was not requested itself. The chronic
+stage returns a :class:`StageChronic` (cycle rows + each cycle's outcomes). Custom stages may still return
+the plain dict / list of before (no outcomes stored): :func:`split_eval` / :func:`split_chronic` accept both.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # annotations only: stage imports stay lazy
+    from prunelab.evaluate.registry import ItemOutcome
 
 
 @dataclass
@@ -26,6 +33,48 @@ class Prepared:
 
 
 @dataclass
+class StageEval:
+    """The evaluate stage's result: scores for the run's metrics, per-item outcomes for the store."""
+
+    scores: dict[str, float]
+    n: dict[str, int]
+    #: ``{task: [ItemOutcome]}`` (``composite`` has none; its parts' are here even when only it was asked for)
+    outcomes: dict[str, list[ItemOutcome]] = field(default_factory=dict)
+    #: ``{task: "raw" | "chat"}``: the prompt protocol each generation task actually used
+    protocol: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What goes into ``metrics["eval"]`` (unchanged from before outcomes were kept, plus ``protocol``)."""
+        out: dict[str, Any] = {"scores": dict(self.scores), "n": dict(self.n)}
+        if self.protocol:
+            out["protocol"] = dict(self.protocol)
+        return out
+
+
+@dataclass
+class StageChronic:
+    """The chronic stage's result: one row per cycle (for the metrics) and each cycle's eval outcomes."""
+
+    cycles: list[dict[str, Any]]
+    #: ``{cycle: {task: [ItemOutcome]}}``
+    outcomes: dict[int, dict[str, list[ItemOutcome]]] = field(default_factory=dict)
+
+
+def split_eval(result: StageEval | dict) -> tuple[dict[str, Any], dict[str, list[ItemOutcome]]]:
+    """``(metrics summary, outcomes)`` of an evaluate stage's result (a legacy dict has no outcomes)."""
+    if isinstance(result, StageEval):
+        return result.summary(), result.outcomes
+    return result, {}
+
+
+def split_chronic(result: StageChronic | list) -> tuple[list[dict[str, Any]], dict[int, dict[str, list[ItemOutcome]]]]:
+    """``(cycle rows, {cycle: outcomes})`` of a chronic stage's result (a legacy list has no outcomes)."""
+    if isinstance(result, StageChronic):
+        return result.cycles, result.outcomes
+    return result, {}
+
+
+@dataclass
 class Stages:
     """Pluggable stage functions (see module doc for the shapes of their results)."""
 
@@ -33,16 +82,20 @@ class Stages:
     clone: Callable[[Any], Any]
     trainable_params: Callable[[Any, dict], int]
     recover: Callable[[Any, Any, dict, dict, int, int], tuple[Any, dict]]
-    evaluate: Callable[[Any, Any, dict, list[str]], dict]
+    evaluate: Callable[[Any, Any, dict, list[str]], StageEval | dict]
     relapse: Callable[[Any, float], dict]
-    chronic: Callable[[Any, Any, dict, dict, dict, dict, int], list[dict]]
+    chronic: Callable[[Any, Any, dict, dict, dict, dict, int], StageChronic | list[dict]]
     mechanisms: Callable[[], dict[str, dict]]
     # checks names (criteria, searches, tasks) before any work; errors name the spec field
     validate: Callable[[Any], None] = lambda spec: None
+    # honest isodose only: the base's forward FLOPs per token F at (model, seq_len), and the tokens one epoch
+    # processes without padding at (tokenizer, training, seed); defaults are the real ones
+    base_flops_per_token: Callable[[Any, int], float] = lambda model, seq_len: real_base_flops_per_token(model, seq_len)
+    epoch_tokens: Callable[[Any, dict, int], int] = lambda tok, training, seed: real_epoch_tokens(tok, training, seed)
 
 
 def add_composite(scores: dict[str, float]) -> dict[str, float]:
-    """Composite = mean(ARC-Easy gen %, LAMBADA gen %) (DESIGN §7), when both are present."""
+    """Composite = mean(ARC-Easy gen %, LAMBADA gen %), when both are present."""
     if "composite" not in scores and "arc_easy_gen" in scores and "lambada_gen" in scores:
         scores["composite"] = (scores["arc_easy_gen"] + scores["lambada_gen"]) / 2.0
     return scores
@@ -79,14 +132,16 @@ def _prune(lm: Any, pruning: dict, seed: int) -> dict[str, Any]:
             from prunelab.prune.adaptive import adapt_prune
 
             rep = adapt_prune(lm.model, lm.tokenizer, ratio=pruning["ratio"], amplitude=pruning["amplitude"],
-                              steps=pruning["steps"], calibration=_calibration(lm.tokenizer, cal, seed))
+                              steps=pruning["steps"], calibration=_calibration(lm.tokenizer, cal, seed),
+                              repair=pruning.get("repair", "none"), ridge=pruning.get("ridge"))
         else:
             from prunelab.prune.width import prune_width
 
             rep = prune_width(lm.model, lm.tokenizer, criterion=pruning["criterion"], ratio=pruning["ratio"],
                               expansion_ratio=pruning["expansion_ratio"], heads_ratio=pruning["heads_ratio"],
                               round_to=pruning["round_to"], seed=seed, calibration_samples=cal["samples"],
-                              calibration_seq_len=cal["seq_len"], calibration_source=cal["source"])
+                              calibration_seq_len=cal["seq_len"], calibration_source=cal["source"],
+                              repair=pruning.get("repair", "none"), ridge=pruning.get("ridge"))
         return {"report": _small(to_jsonable(rep))}
     if kind == "depth":
         from prunelab.models import remove_layers
@@ -169,7 +224,25 @@ def real_recover(model: Any, tokenizer: Any, mech: dict, training: dict, epochs:
     return res.model, {k: data[k] for k in keep if k in data}
 
 
-def real_evaluate(model: Any, tokenizer: Any, ev: dict, tasks: list[str]) -> dict:
+def real_base_flops_per_token(model: Any, seq_len: int) -> float:
+    """``F`` of the honest isodose cost (:func:`prunelab.recover.isodose.base_forward_flops_per_token`)."""
+    from prunelab.recover.isodose import base_forward_flops_per_token
+
+    return float(base_forward_flops_per_token(model, seq_len))
+
+
+def real_epoch_tokens(tokenizer: Any, training: dict, seed: int) -> int:
+    """Tokens one padding-free epoch processes: the real token count of the seed's Dolly training records
+    (what the recovery stage's Trainer counts)."""
+    from prunelab.data import dolly_split
+    from prunelab.recover import tokenize_records
+
+    split = dolly_split(n_train=training["samples"], n_held_out=training["held_out"], seed=seed)
+    return sum(len(r["input_ids"]) for r in tokenize_records(tokenizer, split.train, seq_len=training["seq_len"],
+                                                               pad_to_max=False))
+
+
+def real_evaluate(model: Any, tokenizer: Any, ev: dict, tasks: list[str]) -> StageEval:
     from prunelab.evaluate import evaluate
 
     limits = ev.get("limits") or {}
@@ -178,12 +251,25 @@ def real_evaluate(model: Any, tokenizer: Any, ev: dict, tasks: list[str]) -> dic
         by_limit.setdefault(limits.get(t, ev.get("limit")), []).append(t)
     scores: dict[str, float] = {}
     n: dict[str, int] = {}
+    protocol: dict[str, str] = {}
+    outcomes: dict[str, list[ItemOutcome]] = {}
+    deps: dict[str, list[ItemOutcome]] = {}
     for limit, group in by_limit.items():
-        rep = evaluate(model, tokenizer, group, limit=limit, seed=ev.get("seed", 0), batch_size=ev.get("batch_size", 8))
+        rep = evaluate(model, tokenizer, group, limit=limit, seed=ev.get("seed", 0), batch_size=ev.get("batch_size", 8),
+                       protocol=ev.get("protocol", "raw"))  # configs stored before protocols existed ran raw
         for t, res in rep.results.items():
             scores[t] = float(rep.score(t))
             n[t] = int(res.n)
-    return {"scores": add_composite(scores), "n": n}
+            if "protocol" in res.details:
+                protocol[t] = str(res.details["protocol"])
+            if res.outcomes:
+                outcomes[t] = list(res.outcomes)
+        for t, res in rep.dependencies.items():  # composite's parts, when only composite was asked for
+            if res.outcomes:
+                deps.setdefault(t, list(res.outcomes))
+    for t, items in deps.items():  # a part requested itself (possibly at its own limit) keeps its own items
+        outcomes.setdefault(t, items)
+    return StageEval(add_composite(scores), n, outcomes, protocol)
 
 
 def real_relapse(model: Any, fraction: float) -> dict:
@@ -194,7 +280,8 @@ def real_relapse(model: Any, fraction: float) -> dict:
     return {"report": _small(to_jsonable(rep))}
 
 
-def real_chronic(model: Any, tokenizer: Any, mech: dict, ch: dict, training: dict, ev: dict, seed: int) -> list[dict]:
+def real_chronic(model: Any, tokenizer: Any, mech: dict, ch: dict, training: dict, ev: dict,
+                 seed: int) -> StageChronic:
     """Chronic stress (``prunelab.stress.chronic``); cycle 0 is the treated model. Maintenance tunes use the
     ``held_out`` Dolly items (disjoint from the recovery set of the same seed)."""
     from prunelab.data import dolly_split
@@ -207,15 +294,21 @@ def real_chronic(model: Any, tokenizer: Any, mech: dict, ch: dict, training: dic
 
         raise PrunelabError("training.held_out must be ≥ 1 for chronic stress (maintenance tunes need data)")
     tasks = list(ch["tasks"])
+    per_cycle: list[dict[str, list[ItemOutcome]]] = []  # chronic() evaluates cycle 0, 1, ... in order
 
     def eval_fn(m: Any, tok: Any) -> dict[str, float]:
-        return real_evaluate(m, tok, ev, tasks)["scores"]
+        res = real_evaluate(m, tok, ev, tasks)
+        per_cycle.append(res.outcomes)
+        return res.scores
 
     rep = chronic(model, tokenizer, _mechanism(mech), cycles=ch["cycles"], step=ch["step"],
                   maintenance_epochs=ch["maintenance_epochs"], records=split.held_out, seq_len=training["seq_len"],
                   tasks=tasks, seed=seed, eval_fn=eval_fn,
                   tune_fn=default_tune_fn(training["seq_len"], seed, pad_to_max=training["pad"]))
-    return [{"cycle": r.cycle, "scores": dict(r.scores), "sparsity": r.sparsity, "loss": r.loss} for r in rep.rows]
+    rows = [{"cycle": r.cycle, "scores": dict(r.scores), "sparsity": r.sparsity, "loss": r.loss} for r in rep.rows]
+    if len(per_cycle) != len(rep.rows):  # chronic() calls eval_fn exactly once per cycle row
+        raise RuntimeError(f"chronic evaluated {len(per_cycle)} times for {len(rep.rows)} cycles")
+    return StageChronic(rows, {r.cycle: o for r, o in zip(rep.rows, per_cycle)})
 
 
 def real_mechanisms() -> dict[str, dict]:
@@ -255,6 +348,33 @@ def real_validate(spec: Any) -> None:
     if spec.stress.chronic is not None:
         for i, t in enumerate(spec.stress.chronic.tasks):
             _check(TASKS, t, f"stress.chronic.tasks.{i}")
+    _check_chat_templates(spec)
+
+
+def _check_chat_templates(spec: Any) -> None:
+    """``eval.protocol: chat`` needs every model's tokenizer to have a chat template: checked on the tokenizer
+    alone (cheap) before any model is loaded or pruned. ``auto`` never fails, so it is not checked."""
+    from prunelab.errors import PrunelabError
+    from prunelab.evaluate.generative_tasks import PROTOCOL_TASKS, resolve_protocol
+
+    tasks = set(spec.eval.tasks) | set(spec.stress.chronic.tasks if spec.stress.chronic is not None else ())
+    if spec.eval.protocol != "chat" or not tasks & PROTOCOL_TASKS:
+        return
+    from transformers import AutoTokenizer
+
+    from prunelab.models.io import resolve_source
+
+    for i, m in enumerate(spec.models):
+        path, name = resolve_source(m.source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path) if path is not None else name)
+        except OSError as exc:
+            raise PrunelabError(f"models.{i}: cannot load the tokenizer of '{name}': "
+                                f"{str(exc).splitlines()[0]}") from None
+        try:
+            resolve_protocol(tokenizer, "chat")
+        except PrunelabError as exc:
+            raise PrunelabError(f"eval.protocol: model '{m.name}': {exc}") from None
 
 
 def real_stages() -> Stages:

@@ -102,8 +102,18 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             state.update(load_file(str(f)))
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+            _raise_if_out_of_memory(exc)
             raise PrunelabError(f"corrupt checkpoint {f}: {exc}") from exc
     return state
+
+
+def _raise_if_out_of_memory(exc: BaseException) -> None:
+    """A failed mmap/allocation is not a corrupt file: re-raise it as :class:`MemoryError` (the CLI names it)."""
+    from prunelab.atomic import resource_problem
+
+    problem = resource_problem(exc)
+    if problem is not None and problem[0] == "out of memory":
+        raise MemoryError(str(exc).splitlines()[0] if str(exc) else "out of memory") from exc
 
 
 def _load_heterogeneous(path: Path, dtype: torch.dtype):
@@ -157,11 +167,13 @@ def load(source: str | Path, dtype: str | torch.dtype | None = None, device: str
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
             adapter_for(model)
         tokenizer = AutoTokenizer.from_pretrained(where)
-    except PrunelabError:
+    except (PrunelabError, MemoryError):
         raise
     except OSError as exc:
+        _raise_if_out_of_memory(exc)
         raise PrunelabError(f"cannot load model '{name}': {str(exc).splitlines()[0]}") from exc
     except Exception as exc:
+        _raise_if_out_of_memory(exc)
         raise PrunelabError(f"cannot load model '{name}' ({type(exc).__name__}): {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -184,6 +196,7 @@ def _check_safetensors(path: Path) -> None:
             if header_end > size:
                 raise ValueError(f"file is truncated ({size} bytes, header needs {header_end})")
         except Exception as exc:
+            _raise_if_out_of_memory(exc)
             raise PrunelabError(f"corrupt checkpoint {f}: {exc}") from exc
 
 
@@ -198,17 +211,21 @@ def _safetensors_data_end(f: Path) -> int:
     return 8 + n + (max(ends) if ends else 0)
 
 
-def save(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None) -> Path:
+def save(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None,
+         overwrite: bool = False) -> Path:
     """Save ``model`` (+ tokenizer) in HF format, atomically (temp dir, then rename).
 
     The config is first synced with the actual layer shapes (:func:`~prunelab.models.surgery.sync_config`).
-    ``metadata`` (e.g. how the model was pruned) is written to ``prunelab.json`` beside the weights.
+    ``metadata`` (e.g. how the model was pruned) is written to ``prunelab.json`` beside the weights, and a
+    model card ``README.md`` (:mod:`prunelab.export.card`) describes the model in Hugging Face's format.
+    An existing ``out_dir`` is replaced only if prunelab wrote it (or it is empty), unless ``overwrite``;
+    the rule and the refusals are :mod:`prunelab.atomic`'s (checked on entry, before anything is written).
     """
     out = Path(out_dir)
     sync_config(model)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -216,4 +233,8 @@ def save(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None
             from prunelab.atomic import to_jsonable
 
             (tmp / "prunelab.json").write_text(json.dumps(to_jsonable(metadata), indent=2) + "\n")
+        # Hugging Face model card (README.md): recipe, shapes, how to load; inside the atomic folder
+        from prunelab.export.card import write_model_card
+
+        write_model_card(model, tmp, metadata)
     return out

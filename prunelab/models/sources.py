@@ -80,13 +80,15 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     set_offline_if_local()
+    check_gguf(gguf_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        raise PrunelabError(f"cannot read GGUF file {gguf_path}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunelabError(f"cannot read GGUF file {gguf_path}: {first}") from exc
     if getattr(model, "hf_quantizer", None) is not None:
         # The GGUF loader has already de-quantised to fp32; only the marker blocks save_pretrained.
         model.hf_quantizer.remove_quantization_config(model)
@@ -94,6 +96,29 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def check_gguf(gguf_path: Path) -> None:
+    """One line for a GGUF file that is truncated or corrupt, or that transformers cannot read (per-layer
+    exports use llama.cpp's ``deci`` architecture, see :mod:`prunelab.export.gguf`), before transformers
+    fails with a traceback or a page of text."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+        arch = reader.get_field("general.architecture")
+        arch = arch.contents() if arch is not None else None
+    except Exception as exc:  # gguf raises struct/numpy/value errors on a cut-off or damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunelabError(f"cannot read GGUF file {gguf_path}: it is truncated or corrupt ({first})") from exc
+    size = gguf_path.stat().st_size
+    if end > size:
+        raise PrunelabError(f"cannot read GGUF file {gguf_path}: it is truncated ({size} bytes, its tensors need {end})")
+    if arch == "deci":
+        raise PrunelabError(f"cannot load {gguf_path} into prunelab: it is a per-layer GGUF (llama.cpp 'deci' "
+                            "architecture), which transformers cannot read; run it in llama.cpp, or load the HF "
+                            "folder it was exported from")
 
 
 def alias_gguf(name: str) -> Path:

@@ -40,6 +40,7 @@ from prunelab.models.counts import count_parameters
 from prunelab.models.surgery import prune_attention_heads, prune_mlp_neurons, sync_config
 from prunelab.prune.calibration_stats import collect_statistics
 from prunelab.prune.criteria import CRITERIA, LayerScores
+from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS, LayerPlan, RepairReport, check_repair, repair_width
 from prunelab.prune.width import best_heads_for, resolve_calibration, select_neurons
 
 MAX_LAYER_SPARSITY = 0.95
@@ -73,6 +74,8 @@ class AdaptiveReport:
     calibration_shape: list[int] = field(default_factory=list)
     #: the within-layer group criterion (``taylor`` in the paper)
     criterion: str = "taylor"
+    #: reconstruction repair applied after the last step (:mod:`prunelab.prune.repair`), None for ``repair="none"``
+    repair: RepairReport | None = None
 
     @property
     def sparsity(self) -> float:
@@ -124,13 +127,15 @@ def group_costs(model: nn.Module, layer: nn.Module) -> tuple[int, int, int]:
 
 
 def prune_layer_to(model: nn.Module, idx: int, scores: LayerScores, target_params: float,
-                   prune_heads: bool = True) -> None:
-    """Remove the lowest-score groups of layer ``idx`` until it has ≤ ``target_params`` (see module docstring)."""
+                   prune_heads: bool = True) -> tuple[list[int] | None, list[int] | None]:
+    """Remove the lowest-score groups of layer ``idx`` until it has ≤ ``target_params`` (see module docstring).
+
+    Returns the kept neuron and head indices in the layer's numbering before this call (None: not pruned)."""
     adapter = adapter_for(model)
     layer = adapter.layers(model)[idx]
     current = _block_params(layer)
     if current <= target_params:
-        return
+        return None, None
     lay = adapter.head_layout(layer)
     width = adapter.mlp_width(layer)
     neuron_cost, head_cost, kv_cost = group_costs(model, layer)
@@ -152,10 +157,14 @@ def prune_layer_to(model: nn.Module, idx: int, scores: LayerScores, target_param
         if best is None or key > best[0]:
             best = (key, heads, k)
     _, heads, k = best
+    kept_neurons = kept_heads = None
     if k < width:
-        prune_mlp_neurons(model, idx, select_neurons(scores.mlp, k))
+        kept_neurons = select_neurons(scores.mlp, k)
+        prune_mlp_neurons(model, idx, kept_neurons)
     if len(heads) < lay.num_heads:
+        kept_heads = list(heads)
         prune_attention_heads(model, idx, heads)
+    return kept_neurons, kept_heads
 
 
 def adapt_prune(
@@ -174,8 +183,14 @@ def adapt_prune(
     calibration_source: str = "lambada",
     batch_size: int = 8,
     progress: bool = True,
+    repair: str = "none",
+    ridge: float | None = DEFAULT_RIDGE,
 ) -> AdaptiveReport:
-    """Adapt-Pruner in place: ``ratio`` = target sparsity of the decoder-block parameters (see module docstring)."""
+    """Adapt-Pruner in place: ``ratio`` = target sparsity of the decoder-block parameters (see module docstring).
+
+    ``repair`` (``none``, ``bias``, ``ls``, ``ls+bias``) re-fits the kept weights against the *original* dense layers
+    after the last step (:func:`prunelab.prune.repair.repair_width`); it keeps a copy of the dense decoder layers
+    meanwhile (one extra copy of the block weights in memory)."""
     start = time.perf_counter()
     if not 0.0 < ratio < MAX_LAYER_SPARSITY:
         raise PrunelabError(f"adaptive ratio (block-parameter sparsity) must be in (0, {MAX_LAYER_SPARSITY}), got {ratio}")
@@ -185,6 +200,9 @@ def adapt_prune(
         raise PrunelabError(f"steps must be a positive integer, got {steps!r}")
     calibration = resolve_calibration(tokenizer, calibration, calibration_samples, calibration_seq_len,
                                       calibration_source, seed)
+    fix = REPAIRS.get(repair)
+    # the kept widths are not known yet: the width check is repeated with them after pruning (nothing saved yet)
+    check_repair(model, repair, ridge, calibration, True, prune_heads)
     adapter = adapter_for(model)
     before = count_parameters(model)
     orig = [_block_params(layer) for layer in adapter.layers(model)]
@@ -198,6 +216,10 @@ def adapt_prune(
                             f"one against the other: use --mlp-only (prune_heads=False) or the taylor criterion")
     history: list[list[float]] = []
     targets: list[float] = [0.0] * len(orig)
+    dense_layers = [copy.deepcopy(layer) for layer in adapter.layers(model)] if fix.active else []
+    # kept neurons / heads of every layer in the dense numbering (surgery keeps the surviving order)
+    kept_n = [list(range(adapter.mlp_width(layer))) for layer in adapter.layers(model)]
+    kept_h = [list(range(adapter.head_layout(layer).num_heads)) for layer in adapter.layers(model)]
     from rich.progress import Progress
 
     with Progress(transient=True, disable=not progress) as prog:
@@ -212,8 +234,25 @@ def adapt_prune(
             scores = score(model, stats, seed, prune_heads)
             del stats
             for i, s_i in enumerate(targets):
-                prune_layer_to(model, i, scores[i], (1.0 - s_i) * orig[i], prune_heads)
+                local_n, local_h = prune_layer_to(model, i, scores[i], (1.0 - s_i) * orig[i], prune_heads)
+                if local_n is not None:
+                    kept_n[i] = [kept_n[i][j] for j in local_n]
+                if local_h is not None:
+                    kept_h[i] = [kept_h[i][j] for j in local_h]
             prog.advance(task)
+    repair_report = None
+    if fix.active:
+        plans = [LayerPlan(kept_n[i] if len(kept_n[i]) < adapter.mlp_width(d) else None,
+                           kept_h[i] if len(kept_h[i]) < adapter.head_layout(d).num_heads else None)
+                 for i, d in enumerate(dense_layers)]
+        head_dims = [adapter.head_layout(d).head_dim for d in dense_layers]
+        check_repair(model, repair, ridge, calibration, any(p.neurons is not None for p in plans),
+                     any(p.heads is not None for p in plans),
+                     max([len(p.neurons) for p in plans if p.neurons is not None]
+                         + [len(p.heads) * hd for p, hd in zip(plans, head_dims) if p.heads is not None], default=0))
+        repair_report = repair_width(model, calibration, plans, dense_layers.__getitem__, repair, ridge,
+                                     batch_size=batch_size, progress=progress)
+        del dense_layers
     sync_config(model)
     after = count_parameters(model)
     layers = adapter.layers(model)
@@ -227,6 +266,7 @@ def adapt_prune(
         widths_after=[adapter.mlp_width(layer) for layer in layers],
         heads_after=[lay.num_heads for lay in layouts], kv_heads_after=[lay.num_kv_heads for lay in layouts],
         seconds=time.perf_counter() - start, calibration_shape=list(calibration.shape), criterion=criterion,
+        repair=repair_report,
     )
 
 

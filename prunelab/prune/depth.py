@@ -25,6 +25,7 @@ from prunelab.models.adapters import adapter_for
 from prunelab.models.surgery import remove_layers
 from prunelab.prune.depth_eval import OBJECTIVES, BlockEvaluator, Objective, blocks_removed, load_mc_calibration
 from prunelab.prune.depth_search import SEARCH_DEFAULTS, SEARCHES, minimise_quadratic
+from prunelab.prune.repair import DEFAULT_RIDGE
 
 __all__ = [
     "OBJECTIVES", "SEARCHES", "SEARCH_DEFAULTS", "SearchResult", "BlockEvaluator", "Objective",
@@ -81,7 +82,8 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
                   calibration_options: dict[str, Any] | None = None, cached: bool = True,
                   cache_bytes: int = 2 << 30, batch_tokens: int = 8192, screen: bool = True,
                   progress: bool = True,
-                  on_evaluate: Callable[[int], None] | None = None) -> SearchResult:
+                  on_evaluate: Callable[[int], None] | None = None, compensate: str = "none",
+                  ridge: float | None = DEFAULT_RIDGE) -> SearchResult:
     """Find ``k`` blocks to remove from ``model`` (not modified) with ``search`` under ``objective``.
 
     ``options`` override the search's study defaults (:data:`SEARCH_DEFAULTS`, e.g. ``{"trials": 50}`` for
@@ -90,10 +92,25 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
     block call (:meth:`BlockEvaluator.evaluate_many`; 0 evaluates one candidate at a time). ``screen`` lets
     greedy, beam and one-shot skip the full objective of candidates whose cheap lower bound already loses
     (:meth:`BlockEvaluator.best_of`; the result is the same). Every input is validated before any work.
+
+    ``compensate`` (``linear`` / ``scale``, :mod:`prunelab.prune.depth_repair`) scores every candidate *after*
+    compensation (:class:`~prunelab.prune.depth_repair.CompensatedEvaluator`: ~2.5 uncached forward passes over the
+    calibration tokens per candidate instead of a few cached blocks), so the search picks blocks that are removable
+    after repair; perplexity objective and one-shot / greedy / beam only.
     """
     fn = SEARCHES.get(search)
     if not isinstance(objective, Objective):
         OBJECTIVES.get(objective)
+    from prunelab.prune.depth_repair import COMPENSATED_SEARCHES, COMPENSATIONS, CompensatedEvaluator
+
+    COMPENSATIONS.get(compensate)
+    if compensate != "none":
+        if search not in COMPENSATED_SEARCHES:
+            raise PrunelabError(f"a compensated search supports {', '.join(COMPENSATED_SEARCHES)}, not '{search}'")
+        if (objective.name if isinstance(objective, Objective) else objective) != "perplexity":
+            raise PrunelabError("a compensated search needs the perplexity objective (calibration token windows)")
+        if ridge is not None and not ridge >= 0:
+            raise PrunelabError(f"ridge must be ≥ 0, got {ridge}")
     n = len(adapter_for(model).layers(model))
     validate_budget(k, n)
     opts = dict(SEARCH_DEFAULTS.get(search, {}))
@@ -123,8 +140,15 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
         callback = tick
     else:
         callback = on_evaluate
-    ev = BlockEvaluator(model, obj, cached=cached, cache_bytes=cache_bytes, on_evaluate=callback,
-                        batch_tokens=batch_tokens, screen=screen)
+    if compensate != "none":
+        import torch
+
+        tokens = torch.cat([b.input_ids for b in obj.batches])
+        ev = CompensatedEvaluator(model, obj, tokens, compensate, ridge, batch_size=len(obj.batches[0].input_ids),
+                                  on_evaluate=callback)
+    else:
+        ev = BlockEvaluator(model, obj, cached=cached, cache_bytes=cache_bytes, on_evaluate=callback,
+                            batch_tokens=batch_tokens, screen=screen)
     try:
         if bar:
             bar.start()
@@ -151,9 +175,28 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
 
 
 def prune_depth(model: nn.Module, tokenizer, k: int, objective: str = "perplexity", search: str = "greedy",
-                calibration=None, seed: int = 0, **kwargs) -> SearchResult:
-    """:func:`search_blocks` then :func:`remove_layers` in place; returns the search result."""
+                calibration=None, seed: int = 0, *, compensate: str = "none", ridge: float | None = DEFAULT_RIDGE,
+                compensate_calibration=None, **kwargs) -> SearchResult:
+    """:func:`search_blocks` then :func:`remove_layers` in place; returns the search result.
+
+    ``compensate`` (``none``, ``linear``, ``scale``; :mod:`prunelab.prune.depth_repair`) folds a compensation for the
+    removed blocks into the kept weights, fitted on ``compensate_calibration`` (token ids ``[n, L]``; default: the
+    perplexity calibration tokens when the objective is perplexity). Its report is ``res.stats["compensation"]``.
+    """
+    from prunelab.prune.depth_repair import COMPENSATIONS, check_compensation, compensate_and_remove
+
+    COMPENSATIONS.get(compensate)
+    if compensate != "none" and compensate_calibration is None:
+        if calibration is None or not hasattr(calibration, "numel"):
+            raise PrunelabError("--compensate needs calibration token ids (pass compensate_calibration)")
+        compensate_calibration = calibration
     res = search_blocks(model, k, objective, search, calibration=calibration, seed=seed, tokenizer=tokenizer,
                         **kwargs)
-    remove_layers(model, res.removed)
+    if compensate == "none":
+        remove_layers(model, res.removed)
+        return res
+    check_compensation(model, res.removed, compensate, ridge, compensate_calibration)
+    comp = compensate_and_remove(model, res.removed, compensate_calibration, compensate, ridge,
+                                 progress=kwargs.get("progress", True))
+    res.stats["compensation"] = comp
     return res

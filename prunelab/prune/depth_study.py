@@ -8,6 +8,10 @@ the blocks from a copy of the model and evaluate it with :func:`prunelab.evaluat
   inter-method variance ``σ² = (1/M) Σ_m (acc_m − mean)²`` of the average accuracy per (k, objective);
 * ``perplexity.md/.csv`` — perplexity per task and average;
 * ``time_vs_accuracy.md/.csv`` — search wall time, candidates evaluated, average accuracy;
+* ``comparisons.md/.csv/.json`` — each search vs the best search of its (k, objective) and each objective vs the
+  first objective at the same (k, search), as differences with 95 % CIs from the per-item outcomes
+  (:mod:`prunelab.report.comparisons`: accuracy paired by item, perplexity as a ratio bootstrapped over windows),
+  ``*`` for p < 0.05, and the minimum detectable accuracy difference at the evaluated size;
 * ``masks_<objective>.png`` — search × layer grid of removed blocks per budget;
 * ``rank_scatter.png`` — perplexity rank vs accuracy rank of the perplexity-pruned models per budget with
   Spearman ρ (``scipy.stats.spearmanr``);
@@ -41,6 +45,8 @@ class StudyRow:
     result: SearchResult | None
     accuracy: dict[str, float] = field(default_factory=dict)
     perplexity: dict[str, float] = field(default_factory=dict)
+    #: per-item outcomes per task (``TaskResult.outcomes``): what the comparisons' CIs are computed from
+    outcomes: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def avg_accuracy(self) -> float:
@@ -71,14 +77,16 @@ class DepthStudy:
 def _evaluate(model, tokenizer, acc_tasks, ppl_tasks, eval_limit, ppl_windows, seed, batch_size):
     from prunelab.evaluate import evaluate
 
-    acc, ppl = {}, {}
+    acc, ppl, outcomes = {}, {}, {}
     if acc_tasks:
         rep = evaluate(model, tokenizer, acc_tasks, limit=eval_limit, seed=seed, batch_size=batch_size)
         acc = {t: rep.score(t) for t in acc_tasks}
+        outcomes.update({t: list(rep.results[t].outcomes) for t in acc_tasks})
     if ppl_tasks:
         rep = evaluate(model, tokenizer, ppl_tasks, limit=ppl_windows, seed=seed, batch_size=batch_size)
         ppl = {t: rep.score(t) for t in ppl_tasks}
-    return acc, ppl
+        outcomes.update({t: list(rep.results[t].outcomes) for t in ppl_tasks})
+    return acc, ppl, outcomes
 
 
 def spearman_ranks(rows: list[StudyRow]) -> dict[str, float]:
@@ -131,9 +139,9 @@ def run_depth_study(model, tokenizer, removes: list[int], objectives: list[str],
 
     start = time.perf_counter()
     say("evaluating the dense model")
-    acc, ppl = _evaluate(model, tokenizer, acc_tasks, ppl_tasks, eval_limit, ppl_windows, seed, eval_batch_size)
-    rows = [StudyRow(0, "-", "dense", None, acc, ppl)]
-    evaluated: dict[tuple[int, ...], tuple[dict, dict]] = {}
+    acc, ppl, outs = _evaluate(model, tokenizer, acc_tasks, ppl_tasks, eval_limit, ppl_windows, seed, eval_batch_size)
+    rows = [StudyRow(0, "-", "dense", None, acc, ppl, outs)]
+    evaluated: dict[tuple[int, ...], tuple[dict, dict, dict]] = {}
     objs = {}
     for k in removes:
         for objective in objectives:
@@ -194,8 +202,89 @@ def _table(header: list[str], rows: list[list[Any]]) -> tuple[str, str]:
     return "\n".join(md) + "\n", buf.getvalue()
 
 
-def study_tables(study: DepthStudy) -> dict[str, tuple[str, str]]:
-    """``{"accuracy": (md, csv), "perplexity": ..., "time_vs_accuracy": ...}``."""
+def _row_id(r: StudyRow) -> str:
+    return f"{r.k}/{r.objective}/{r.search}"
+
+
+def comparison_table(study: DepthStudy):
+    """Each search vs the best search of its (k, objective) — highest average accuracy, or lowest average
+    perplexity without accuracy tasks — and each objective vs the first objective at the same (k, search), as a
+    :class:`prunelab.report.tables.Table` (``None`` with nothing to compare).
+
+    Accuracy: the difference in average accuracy over the accuracy tasks (pp), paired by item, CI by a
+    bootstrap resampling each task's items (:func:`prunelab.stats.composite_difference`; one task:
+    :func:`prunelab.stats.accuracy_difference`, McNemar's exact p). Perplexity: ``ppl(row) / ppl(reference)``
+    per task, bootstrapped over windows (:func:`prunelab.stats.perplexity_ratio`). Rows whose outcomes were
+    not kept (a study loaded from an older ``results.json``) print the bare difference and "no per-item data,
+    no CI".
+    """
+    from prunelab.report.comparisons import DiffCell, MdeCollector, Outcomes, accuracy_cell, observe, perplexity_cell
+    from prunelab.report.tables import Table
+
+    outcomes = Outcomes({(_row_id(r), "eval", t): {o.item_id: o for o in items}
+                         for r in study.rows for t, items in r.outcomes.items() if items})
+    acc_tasks = tuple(study.acc_tasks)
+    mde = MdeCollector()
+
+    def acc_cell(x: StudyRow, y: StudyRow) -> Any:
+        if not acc_tasks or math.isnan(x.avg_accuracy) or math.isnan(y.avg_accuracy):
+            return "–"
+        summary = {"mean": x.avg_accuracy - y.avg_accuracy, "sd": None, "n": None}
+        sx, sy = {0: (_row_id(x), "eval")}, {0: (_row_id(y), "eval")}
+        observe(outcomes, sx, sy, acc_tasks, mde)
+        return accuracy_cell(outcomes, sx, sy, acc_tasks, summary)
+
+    def ppl_cell(x: StudyRow, y: StudyRow, t: str) -> Any:
+        if t not in x.perplexity or t not in y.perplexity or not y.perplexity[t]:
+            return "–"
+        summary = {"mean": x.perplexity[t] / y.perplexity[t], "sd": None, "n": None}
+        return perplexity_cell(outcomes.get(_row_id(x), "eval", t), outcomes.get(_row_id(y), "eval", t), summary)
+
+    def line(kind: str, x: StudyRow, ref: StudyRow, vs: str) -> list[Any]:
+        return [str(x.k), kind, x.objective, x.search, vs, acc_cell(x, ref),
+                *[ppl_cell(x, ref, t) for t in study.ppl_tasks]]
+
+    rows: list[list[Any]] = []
+    records: list[dict[str, Any]] = []
+    for k in study.removes:
+        for objective in study.objectives:
+            cell = [r for r in study.rows if r.k == k and r.objective == objective and r.result]
+            if len(cell) < 2:
+                continue
+            if acc_tasks:
+                best = max(cell, key=lambda r: (r.avg_accuracy, -r.avg_perplexity))
+            else:
+                best = min(cell, key=lambda r: r.avg_perplexity)
+            for r in cell:
+                if r is not best:
+                    rows.append(line("search vs best", r, best, f"{best.search} (best)"))
+        if len(study.objectives) > 1:
+            first = study.objectives[0]
+            for search in study.searches:
+                ref = next((r for r in study.rows if r.k == k and r.objective == first and r.search == search), None)
+                for other in study.objectives[1:]:
+                    r = next((x for x in study.rows if x.k == k and x.objective == other and x.search == search), None)
+                    if ref is not None and r is not None:
+                        rows.append(line("objective vs objective", r, ref, f"{first} objective"))
+    if not rows:
+        return None
+    acc_head = "Δ avg accuracy (pp)"
+    cols = ["k", "comparison", "objective", "search", "vs", acc_head, *[f"{t} ppl ratio" for t in study.ppl_tasks]]
+    for r in rows:
+        rec = dict(zip(cols[:5], r[:5]))
+        for c, v in zip(cols[5:], r[5:]):
+            rec[c] = v.as_dict() if isinstance(v, DiffCell) else None
+        records.append(rec)
+    notes = [f"Δ = row − reference; accuracy averaged over {', '.join(acc_tasks) or 'no tasks'}; perplexity ratio "
+             "= ppl(row) / ppl(reference) (below 1 = the row is better). Identical masks give identical "
+             "models: [0, 0], p = 1."]
+    return Table(None, "comparisons", f"{study.model}: each search vs the best, each objective vs the other",
+                 cols, rows, records, notes, mde.lines(), short={acc_head: "accuracy"})
+
+
+def study_tables(study: DepthStudy, comparisons: Any = "compute") -> dict[str, tuple[str, str]]:
+    """``{"accuracy": (md, csv), "perplexity": ..., "time_vs_accuracy": ..., "comparisons": ...}``
+    (``comparisons``: an already built :func:`comparison_table`, so the bootstraps run once)."""
 
     def base(r: StudyRow) -> list[Any]:
         return [r.k, r.objective, r.search]
@@ -224,8 +313,12 @@ def study_tables(study: DepthStudy) -> dict[str, tuple[str, str]]:
         ppl_md += "\nSpearman ρ(perplexity rank, accuracy rank), perplexity-pruned models:\n\n"
         ppl_md += "".join(f"- {key}: ρ = {_fmt(v['rho'])} (p = {_fmt(v['p'])}, n = {v['n']})\n"
                           for key, v in study.spearman.items())
-    return {"accuracy": (acc_md, acc_csv), "perplexity": (ppl_md, ppl_csv),
-            "time_vs_accuracy": _table(time_h, time_rows)}
+    out = {"accuracy": (acc_md, acc_csv), "perplexity": (ppl_md, ppl_csv),
+           "time_vs_accuracy": _table(time_h, time_rows)}
+    comp = comparison_table(study) if isinstance(comparisons, str) else comparisons
+    if comp is not None:
+        out["comparisons"] = (comp.markdown(), comp.csv())
+    return out
 
 
 def write_study(study: DepthStudy, out_dir: str | Path) -> Path:
@@ -233,10 +326,16 @@ def write_study(study: DepthStudy, out_dir: str | Path) -> Path:
     from prunelab.atomic import atomic_dir, to_jsonable
     from prunelab.report.depth_figures import mask_grid_figure, rank_scatter_figure
 
+    comp = comparison_table(study)
     with atomic_dir(out_dir) as tmp:
-        for name, (md, csv_text) in study_tables(study).items():
+        for name, (md, csv_text) in study_tables(study, comp).items():
             (tmp / f"{name}.md").write_text(md, encoding="utf-8")
             (tmp / f"{name}.csv").write_text(csv_text, encoding="utf-8")
+        if comp is not None:
+            import json as _json
+
+            (tmp / "comparisons.json").write_text(_json.dumps(to_jsonable(comp.as_dict()), indent=2) + "\n",
+                                                  encoding="utf-8")
         for objective in study.objectives:
             mask_grid_figure(study, objective, tmp / f"masks_{objective}.png")
         if "perplexity" in study.objectives:

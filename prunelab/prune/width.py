@@ -27,6 +27,7 @@ from prunelab.models.counts import count_parameters
 from prunelab.models.surgery import prune_attention_heads, prune_mlp_neurons, sync_config
 from prunelab.prune.calibration_stats import CalibrationStats, check_calibration, collect_statistics
 from prunelab.prune.criteria import CRITERIA, LayerScores
+from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS, LayerPlan, RepairReport, check_repair, repair_width
 
 _EPS = 1e-9  # guards int(r·n) against 0.29·100 = 28.999… style float error
 
@@ -56,6 +57,8 @@ class WidthPruneReport:
     #: kept neuron indices per layer (sorted, in the layer's numbering before pruning)
     kept_neurons: list[list[int]] = field(default_factory=list, repr=False)
     kept_heads: list[list[int]] = field(default_factory=list, repr=False)
+    #: reconstruction repair applied after pruning (:mod:`prunelab.prune.repair`), None for ``repair="none"``
+    repair: RepairReport | None = None
 
     @property
     def param_ratio(self) -> float:
@@ -209,12 +212,16 @@ def prune_width(
     calibration_source: str = "lambada",
     batch_size: int = 8,
     progress: bool = True,
+    repair: str = "none",
+    ridge: float | None = DEFAULT_RIDGE,
 ) -> WidthPruneReport:
     """Prune every layer's MLP neurons (and optionally attention heads) in place by ``criterion``.
 
     Every input is validated before the model is touched. Data-driven criteria (``*_hybrid``, ``taylor``) use
     ``calibration`` ([n, L] token ids) or, if None, ``calibration_batch(tokenizer, calibration_samples,
-    calibration_seq_len, calibration_source, seed)``.
+    calibration_seq_len, calibration_source, seed)``. ``repair`` (``none``, ``bias``, ``ls``, ``ls+bias``) re-fits
+    the kept weights layer by layer on the same calibration batch (:func:`prunelab.prune.repair.repair_width`,
+    relative ridge ``ridge``).
     """
     start = time.perf_counter()
     crit = CRITERIA.get(criterion)
@@ -227,9 +234,15 @@ def prune_width(
         raise PrunelabError("nothing to prune: give a ratio, an expansion ratio or a heads ratio")
     kept_widths = plan_widths(widths, hidden, ratio, expansion_ratio, round_to)
     kept_heads_n = plan_heads(layouts, heads_ratio)
-    if crit.needs:
+    fix = REPAIRS.get(repair)
+    if crit.needs or fix.active:
         calibration = resolve_calibration(tokenizer, calibration, calibration_samples, calibration_seq_len,
                                           calibration_source, seed)
+    pruned_mlp = [k < w for k, w in zip(kept_widths, widths)]
+    pruned_attn = [k < lay.num_heads for k, lay in zip(kept_heads_n, layouts)]
+    check_repair(model, repair, ridge, calibration, any(pruned_mlp), any(pruned_attn),
+                 max([k for k, p in zip(kept_widths, pruned_mlp) if p]
+                     + [k * lay.head_dim for k, lay, p in zip(kept_heads_n, layouts, pruned_attn) if p], default=0))
     before = count_parameters(model)
 
     t0 = time.perf_counter()
@@ -244,11 +257,23 @@ def prune_width(
         kept_neurons.append(keep)
         kept_heads.append(heads)
     # surgery only after every layer's selection is known (scores refer to the unpruned model)
-    for i in range(len(layers)):
+    def surgery(i: int) -> nn.Module:
+        dense = adapter.layers(model)[i]
         if len(kept_neurons[i]) < widths[i]:
             prune_mlp_neurons(model, i, kept_neurons[i])
         if len(kept_heads[i]) < layouts[i].num_heads:
             prune_attention_heads(model, i, kept_heads[i])
+        return dense
+
+    repair_report = None
+    if fix.active:  # layer by layer: layer i is pruned right before it is repaired, one dense layer alive at a time
+        plans = [LayerPlan(kept_neurons[i] if pruned_mlp[i] else None, kept_heads[i] if pruned_attn[i] else None)
+                 for i in range(len(layers))]
+        repair_report = repair_width(model, calibration, plans, surgery, repair, ridge, batch_size=batch_size,
+                                     progress=progress)
+    else:
+        for i in range(len(layers)):
+            surgery(i)
     sync_config(model)
     after = count_parameters(model)
     new_layouts = [adapter.head_layout(layer) for layer in adapter.layers(model)]
@@ -260,6 +285,6 @@ def prune_width(
         heads_before=[lay.num_heads for lay in layouts], heads_after=[lay.num_heads for lay in new_layouts],
         kv_heads_before=[lay.num_kv_heads for lay in layouts], kv_heads_after=[lay.num_kv_heads for lay in new_layouts],
         seconds=time.perf_counter() - start, score_seconds=score_seconds,
-        calibration_shape=list(calibration.shape) if calibration is not None and crit.needs else None,
-        kept_neurons=kept_neurons, kept_heads=kept_heads,
+        calibration_shape=list(calibration.shape) if calibration is not None and (crit.needs or fix.active) else None,
+        kept_neurons=kept_neurons, kept_heads=kept_heads, repair=repair_report,
     )

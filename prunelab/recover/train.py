@@ -157,9 +157,10 @@ class RecoveryResult:
     seed: int
     merged: bool
     output_dir: str | None = None
-    budget: float | None = None           # isodose budget (6·P·L·N·E of the reference), when one was used
+    budget: float | None = None           # isodose budget (the reference run's cost by isodose_formula), if used
     reference: str | None = None          # e.g. "ketamine:3"
-    exact_epochs: float | None = None     # budget / (6·P·L·N) before rounding
+    exact_epochs: float | None = None     # budget / (one epoch's cost) before rounding
+    isodose_formula: str | None = None    # "study" (6·P·L·N·E) or "honest" (T·(2F + 6P)) when a budget was used
 
     model = None  # plain attribute (no annotation): excluded from dataclass fields / JSON
 
@@ -464,30 +465,43 @@ def _save_outputs(peft_model, tokenizer, out: Path, result: RecoveryResult, merg
 
 def recover_isodose(model: nn.Module, tokenizer, mechanism: str | Mechanism, records: Sequence[Any],
                     reference: str | tuple[str, float] = "ketamine:3", epochs: float | None = None,
-                    seq_len: int = 512, pad_to_max: bool = True, strict: bool = False, **kwargs) -> RecoveryResult:
-    """:func:`recover` with epochs solved from an isodose ``reference`` (``"ketamine:3"``: ketamine's
-    ``6·P·L·N·3`` on this model and data is the budget), unless ``epochs`` overrides it.
+                    seq_len: int = 512, pad_to_max: bool = True, strict: bool = False, formula: str = "study",
+                    **kwargs) -> RecoveryResult:
+    """:func:`recover` with epochs solved from an isodose ``reference`` (``"ketamine:3"``: the reference
+    mechanism's 3-epoch cost on this model and data is the budget), unless ``epochs`` overrides it.
 
-    A budget below half an epoch of ``mechanism`` is clamped to 1 epoch with a warning (``strict`` raises).
+    ``formula`` = ``study`` (``6·P·L·N·E``) or ``honest`` (``T·(2F + 6P)``, frozen base included); the solve is
+    :func:`prunelab.recover.isodose.solve_isodose`. A budget below half an epoch of ``mechanism`` is clamped to
+    1 epoch with a warning (``strict`` raises).
     """
     import warnings
 
-    from prunelab.recover.isodose import isodose_epochs, isodose_epochs_exact, parse_reference
+    from prunelab.recover.isodose import check_formula, parse_reference, solve_isodose
 
+    check_formula(formula)
     mech = get_mechanism(mechanism)
     ref_name, ref_epochs = parse_reference(reference) if isinstance(reference, str) else reference
     ref = get_mechanism(ref_name)
     n = len(records)
     if n == 0:
         raise PrunelabError("no training records given")
-    budget = train_flops(count_trainable_lora_params(model, ref), seq_len, n, ref_epochs)
-    p = count_trainable_lora_params(model, mech)
-    exact = isodose_epochs_exact(budget, p, seq_len, n)
+    tokens_per_epoch = None
+    if not pad_to_max and formula == "honest":  # padding-free: the honest cost counts the real tokens
+        loss_on = kwargs.get("loss_on", "all")
+        tokens_per_epoch = sum(len(r["input_ids"]) for r in tokenize_records(tokenizer, records, seq_len=seq_len,
+                                                                              pad_to_max=False, loss_on=loss_on))
+    with warnings.catch_warnings():
+        if not strict and epochs is None:
+            warnings.simplefilter("always")
+        else:  # an explicit epochs override needs no clamp warning
+            warnings.simplefilter("ignore")
+        sol = solve_isodose(formula, count_trainable_lora_params(model, ref), ref_epochs,
+                            count_trainable_lora_params(model, mech), seq_len, n,
+                            base_flops_per_token=base_forward_flops_per_token(model, seq_len),
+                            tokens_per_epoch=tokens_per_epoch, strict=strict and epochs is None)
     if epochs is None:
-        with warnings.catch_warnings():
-            if not strict:
-                warnings.simplefilter("always")
-            epochs = isodose_epochs(budget, p, seq_len, n, strict=strict)
-    info = {"budget": budget, "reference": f"{ref.name}:{ref_epochs:g}", "exact_epochs": exact}
+        epochs = sol.epochs
+    info = {"budget": sol.budget, "reference": f"{ref.name}:{ref_epochs:g}", "exact_epochs": sol.exact_epochs,
+            "isodose_formula": formula}
     return recover(model, tokenizer, mech, records, epochs, seq_len=seq_len, pad_to_max=pad_to_max,
                    isodose=info, **kwargs)

@@ -1,4 +1,5 @@
-"""Reports: the study's metrics (:mod:`.metrics`), Tables 1–6 (:mod:`.tables`) and figures (:mod:`.figures`).
+"""Reports: the study's metrics (:mod:`.metrics`), Tables 1–6 (:mod:`.tables`) with confidence intervals
+(:mod:`.comparisons`) and figures (:mod:`.figures`).
 
 Kept light on purpose: submodules (matplotlib, scipy) are imported only when used.
 
@@ -27,6 +28,9 @@ class ReportResult:
 def build_report(db: str | Path, out_dir: str | Path, experiment: str | None = None,
                  figures: bool = True) -> ReportResult:
     """Render Tables 1–6 (Markdown ``tables.md``, one CSV each, ``tables.json``) and PNG figures from ``db``.
+
+    Every difference carries its 95 % CI and p from the runs' stored per-item outcomes
+    (:mod:`prunelab.report.comparisons`); a store without them reports "no per-item data, no CI".
 
     The whole directory is written atomically: a failure leaves any previous report untouched.
     """

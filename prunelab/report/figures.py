@@ -1,5 +1,10 @@
-"""Report figures (matplotlib, Agg backend, PNG): recovery bars with SD error bars, longitudinal curves,
-the rank sweep, and the pruned structure (per-layer MLP width profile; depth keep/remove mask).
+"""Report figures (matplotlib, Agg backend, PNG): recovery bars and longitudinal curves with 95 % CIs, the rank
+sweep, and the pruned structure (per-layer MLP width profile; depth keep/remove mask).
+
+Uncertainty is the tables' own: the paired-bootstrap 95 % CI of each difference and the per-cycle accuracy
+interval from the stored per-item outcomes (:mod:`prunelab.report.comparisons`), never the SD of two or three
+seeds (which says nothing about the items and can run below 0 %). Without per-item data a figure draws the
+estimates only and says "no per-item data, no CI".
 
 Each function takes the regrouped data of :mod:`prunelab.report.tables` and a target path, draws only
 what the data hold, and returns the path written (or ``None`` when there is nothing to draw).
@@ -28,12 +33,38 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _sd(s) -> float:
-    return 0.0 if s is None or s.get("sd") is None else s["sd"]
+def _ci_err(recs: list[dict], key: str) -> tuple[list[list[float]], bool]:
+    """Asymmetric error bars ``[[below...], [above...]]`` from the records' ``<key>_ci`` (0 where none), and
+    whether any CI was drawn."""
+    lo, hi, any_ci = [], [], False
+    for r in recs:
+        ci = r.get(f"{key}_ci") or {}
+        est = ci.get("estimate")
+        if ci.get("low") is not None and ci.get("high") is not None and est is not None:
+            lo.append(max(est - ci["low"], 0.0))
+            hi.append(max(ci["high"] - est, 0.0))
+            any_ci = True
+        else:
+            lo.append(0.0)
+            hi.append(0.0)
+    return [lo, hi], any_ci
+
+
+def _est(r: dict, key: str) -> float:
+    ci = r.get(f"{key}_ci") or {}
+    if ci.get("estimate") is not None:
+        return float(ci["estimate"])
+    return r[key]["mean"] if r.get(key) else float("nan")
 
 
 def recovery_bars(table2: Table | None, path: Path) -> Path | None:
-    """Bars of mean recovery (pp) per treatment, SD over seeds as error bars (Table 2)."""
+    """Bars of recovery (pp) per treatment with its paired 95 % CI (Table 2); net retained as diamonds."""
+    fig = draw_recovery_bars(table2)
+    return None if fig is None else _save(fig, path)
+
+
+def draw_recovery_bars(table2: Table | None):
+    """The figure of :func:`recovery_bars` (``None`` when there is nothing to draw)."""
     if table2 is None:
         return None
     recs = [r for r in table2.records if r["recovery"] is not None]
@@ -42,70 +73,110 @@ def recovery_bars(table2: Table | None, path: Path) -> Path | None:
     plt = _plt()
     multi = len({(r["model"], r["pruning"]) for r in recs}) > 1
     labels = [(f"{r['model']}\n{r['pruning']}\n" if multi else "") + pretty(r["treatment"]) for r in recs]
-    means = [r["recovery"]["mean"] for r in recs]
-    errs = [_sd(r["recovery"]) for r in recs]
+    means = [_est(r, "recovery") for r in recs]
+    errs, with_ci = _ci_err(recs, "recovery")
+    xs = list(range(len(recs)))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(recs)), 3.6))
-    ax.bar(range(len(recs)), means, yerr=errs, capsize=5,
-           color=["tab:green" if m >= 0 else "tab:red" for m in means], alpha=0.8)
+    ax.bar(xs, means, yerr=errs if with_ci else None, capsize=5,
+           color=["tab:green" if m >= 0 else "tab:red" for m in means], alpha=0.8, label="recovery")
     if any(r["relapse_drop"] is not None for r in recs):
-        net = [r["net_retained"]["mean"] if r["net_retained"] else float("nan") for r in recs]
-        ax.scatter(range(len(recs)), net, marker="D", color="black", zorder=3, label="net retained")
+        net = [_est(r, "net_retained") if r.get("net_retained") else float("nan") for r in recs]
+        nerr, net_ci = _ci_err(recs, "net_retained")
+        # offset right of the bar's own error bar so the two intervals never overlap
+        ax.errorbar([x + 0.22 for x in xs], net, yerr=nerr if net_ci else None, fmt="D", color="black",
+                    capsize=3, zorder=3, label="net retained")
         ax.legend(loc="best", fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(recs)), labels, fontsize=8)
+    ax.set_xticks(xs, labels, fontsize=8)
     ax.set_ylabel("recovery (composite pp)")
-    ax.set_title("Recovery vs untreated (mean ± SD)", fontsize=10)
-    return _save(fig, path)
+    ax.set_title("Recovery vs untreated (" + ("95 % paired CI" if with_ci else "no per-item data, no CI") + ")",
+                 fontsize=10)
+    return fig
+
+
+MARKERS = "osD^v<>pP*X"
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def longitudinal(data: Data, path: Path) -> Path | None:
-    """Per-cycle accuracy under chronic stress, mean line with a ±SD band per mechanism (Table 4)."""
+    """Per-cycle accuracy under chronic stress with a 95 % CI per mechanism (Table 4)."""
+    fig = draw_longitudinal(data)
+    return None if fig is None else _save(fig, path)
+
+
+def draw_longitudinal(data: Data):
+    """The figure of :func:`longitudinal` (``None`` without chronic runs).
+
+    Cycles are whole numbers (integer ticks); every series gets its own marker and line style and a small
+    horizontal offset, so equal values (ketamine's and neurosteroid's line) stay visible side by side.
+    """
     import statistics
+
+    from matplotlib.ticker import MaxNLocator
+
+    from prunelab.report.tables import cycle_interval
 
     arms = [a for a in data.arms if a.chronic and not a.sweep]
     if not arms:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for a in arms:
+    width = 0.08 * (len(arms) - 1)
+    any_ci = False
+    n_max = 0
+    for j, a in enumerate(arms):
         task = a.chronic_task or "arc_easy_gen"
         n = max(len(c) for c in a.chronic.values())
-        xs, mu, sd = [], [], []
+        n_max = max(n_max, n)
+        off = -width / 2 + 0.08 * j
+        xs, mu, lo, hi = [], [], [], []
         for c in range(n):
+            iv = cycle_interval(data, a, c)
             vals = [cyc[c]["scores"][task] for cyc in a.chronic.values() if len(cyc) > c and task in cyc[c]["scores"]]
-            if vals:
-                xs.append(c)
+            if iv is not None:
+                xs.append(c + off)
+                mu.append(iv.estimate)
+                lo.append(iv.estimate - iv.low)
+                hi.append(iv.high - iv.estimate)
+                any_ci = True
+            elif vals:
+                xs.append(c + off)
                 mu.append(statistics.fmean(vals))
-                sd.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+                lo.append(0.0)
+                hi.append(0.0)
         label = pretty(a.mechanism) + (f" ({a.model}/{a.pruning})" if len(data.groups) > 1 else "")
-        line = ax.plot(xs, mu, marker="o", label=label)[0]
-        ax.fill_between(xs, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)],
-                        color=line.get_color(), alpha=0.15)
+        ax.errorbar(xs, mu, yerr=[lo, hi] if any(lo) or any(hi) else None, marker=MARKERS[j % len(MARKERS)],
+                    linestyle=LINESTYLES[j % len(LINESTYLES)], capsize=3, label=label, alpha=0.9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xticks(range(n_max))
     ax.set_xlabel("chronic stress cycle")
     ax.set_ylabel(f"{arms[0].chronic_task or 'arc_easy_gen'} accuracy (%)")
-    ax.set_title("Durability under progressive pruning")
+    ax.set_title("Durability under progressive pruning (" + ("95 % CI" if any_ci else "no per-item data, no CI")
+                 + ")", fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def rank_sweep(table5: Table | None, path: Path) -> Path | None:
-    """Recovery, relapse drop and sweep score against LoRA rank (Table 5)."""
+    """Recovery, relapse drop (95 % CIs) and sweep score against LoRA rank (Table 5)."""
     if table5 is None:
         return None
     recs = sorted(table5.records, key=lambda r: r["r"])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     rs = [r["r"] for r in recs]
-    ax.errorbar(rs, [r["recovery"]["mean"] for r in recs], yerr=[_sd(r["recovery"]) for r in recs], marker="o",
+    rerr, rci = _ci_err(recs, "recovery")
+    derr, dci = _ci_err(recs, "relapse_drop")
+    ax.errorbar(rs, [_est(r, "recovery") for r in recs], yerr=rerr if rci else None, marker="o",
                 capsize=4, label="recovery (pp)")
-    ax.errorbar(rs, [r["relapse_drop"]["mean"] for r in recs], yerr=[_sd(r["relapse_drop"]) for r in recs],
-                marker="s", capsize=4, label="relapse drop (pp)")
-    ax.plot(rs, [r["sweep_score"] for r in recs], marker="^", color="black", label="sweep score")
+    ax.errorbar([x * 1.04 for x in rs], [_est(r, "relapse_drop") for r in recs], yerr=derr if dci else None,
+                marker="s", linestyle="--", capsize=4, label="relapse drop (pp)")
+    ax.plot(rs, [r["sweep_score"] for r in recs], marker="^", linestyle=":", color="black", label="sweep score")
     ax.set_xscale("log", base=2)
     ax.set_xticks(rs, [str(r) for r in rs])
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("LoRA rank r (α = 2r, isodose epochs)")
-    ax.set_title("Rank sweep")
+    ax.set_title("Rank sweep (" + ("95 % CI" if rci or dci else "no per-item data, no CI") + ")", fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
 

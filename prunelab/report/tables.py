@@ -1,12 +1,18 @@
-"""The recovery study's Tables 1–6 from a results store, as Markdown + CSV + JSON (mean ± sample SD over seeds).
+"""The recovery study's Tables 1–6 from a results store, as Markdown + CSV + JSON, every difference with its CI.
 
-Every derived number comes from :mod:`prunelab.report.metrics` (DESIGN §8), per seed, then summarised:
+Every derived number comes from :mod:`prunelab.report.metrics`, per seed, then summarised:
 
 - recovery      = composite_treated − composite_untreated (same model, pruning and seed)
 - relapse_drop  = composite_treated − composite_after_relapse
-- net_retained  = recovery − relapse_drop
+- net_retained  = recovery − relapse_drop (= composite_after_relapse − composite_untreated)
 - efficiency    = recovery / (FLOPs / 1e15), FLOPs = 6·P·L·N·E (the study's isodose formula)
 - sweep score   = 0.4·recovery + 0.1·efficiency − 0.4·relapse_drop + 4, from the per-arm means (Table 5)
+
+Every printed difference (those above, each mechanism vs the best, each rank vs rank 1, the transfer deltas,
+the chronic decline) carries its 95 % CI and a ``*`` for p < 0.05, computed by :mod:`prunelab.stats` from the
+stored per-item outcomes (:mod:`prunelab.report.comparisons`: paired by item id, seeds averaged per item with
+the item as the resampling unit). A store without per-item outcomes prints mean ± SD over seeds and
+"no per-item data, no CI". Under each table: the minimum detectable difference at the evaluated sizes.
 
 A table with no data is left out with a note saying why; nothing is ever filled in.
 """
@@ -22,40 +28,125 @@ from typing import Any
 
 from prunelab.experiments.store import RunRecord
 from prunelab.report import metrics as M
+from prunelab.report.comparisons import (
+    COMPOSITE_TASKS, NO_DATA, WITHIN_NOISE, DiffCell, MdeCollector, Outcomes, accuracy_cell, did_cell, legend,
+    observe, scaled,
+)
 
 TASK_LABELS = {"arc_easy_gen": "ARC-Easy (%)", "lambada_gen": "LAMBADA (%)", "composite": "Composite (%)",
                "arc_easy": "ARC-Easy LL (%)", "lambada": "LAMBADA LL (%)"}
 PRETTY_MECH = {"ketamine": "Ketamine-like", "ssri": "SSRI-like", "neurosteroid": "Neurosteroid-like"}
+NOISE_COLUMN = "Within noise (CI ∋ 0)"
+
+
+def _cell_text(c: Any) -> str:
+    return c.text() if isinstance(c, DiffCell) else str(c)
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{v:.6g}"
 
 
 @dataclass
 class Table:
-    """One rendered table: display ``rows`` (strings) and machine ``records`` (numbers, mean/sd/n dicts)."""
+    """One table rendered three ways. ``rows`` hold display strings and :class:`DiffCell` differences;
+    ``records`` the machine numbers. Markdown prints a difference as ``+2.1 [−1.3, +5.4]*``, CSV as separate
+    estimate / low / high / p columns; a ``Within noise`` column lists the differences whose CI includes zero.
+    ``number=None`` renders without the "Table N:" prefix (the depth-study and dichotomy tables)."""
 
-    number: int
+    number: int | None
     slug: str
     title: str
     columns: list[str]
-    rows: list[list[str]]
+    rows: list[list[Any]]
     records: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    mde: list[str] = field(default_factory=list)
+    #: short names for the Within-noise column (default: the column header without its unit)
+    short: dict[str, str] = field(default_factory=dict)
+
+    def cells(self) -> list[DiffCell]:
+        return [c for r in self.rows for c in r if isinstance(c, DiffCell)]
+
+    def _diff_columns(self) -> list[int]:
+        return [i for i in range(len(self.columns)) if any(isinstance(r[i], DiffCell) for r in self.rows)]
+
+    def _short(self, col: str) -> str:
+        return self.short.get(col, col.replace(" (%)", "").replace(" (pp)", "").strip())
+
+    def noise(self, row: list[Any]) -> str:
+        names = [self._short(self.columns[i]) for i in self._diff_columns()
+                 if isinstance(row[i], DiffCell) and row[i].within_noise]
+        if names:
+            return ", ".join(names)
+        return "–" if any(isinstance(c, DiffCell) and c.has_ci for c in row) else ""
+
+    def _has_ci(self) -> bool:
+        return any(c.has_ci for c in self.cells())
+
+    def display_columns(self) -> list[str]:
+        return self.columns + ([NOISE_COLUMN] if self._has_ci() else [])
+
+    def text_rows(self) -> list[list[str]]:
+        noise = self._has_ci()
+        return [[_cell_text(c) for c in r] + ([self.noise(r)] if noise else []) for r in self.rows]
+
+    def all_notes(self) -> list[str]:
+        return self.notes + legend(self.cells()) + self.mde
 
     def markdown(self) -> str:
-        head = f"**Table {self.number}: {self.title}**\n\n"
-        lines = ["| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        notes = "".join(f"\n_{n}_\n" for n in self.notes)
+        head = f"**Table {self.number}: {self.title}**\n\n" if self.number is not None else f"**{self.title}**\n\n"
+        cols = self.display_columns()
+        lines = ["| " + " | ".join(cols) + " |",
+                 "|" + "|".join("---" if i == 0 else "---:" for i in range(len(cols))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.text_rows()]
+        notes = "".join(f"\n_{n}_\n" for n in self.all_notes())
         return head + "\n".join(lines) + "\n" + notes
+
+    def csv_header(self) -> list[str]:
+        diff = set(self._diff_columns())
+        out = []
+        for i, c in enumerate(self.columns):
+            out += [c, f"{c} low", f"{c} high", f"{c} p"] if i in diff else [c]
+        if diff:
+            out += [WITHIN_NOISE, "ci note"]
+        return out
+
+    def csv_rows(self) -> list[list[str]]:
+        diff = set(self._diff_columns())
+        out = []
+        for r in self.rows:
+            row: list[str] = []
+            reasons = []
+            for i, c in enumerate(r):
+                if i not in diff:
+                    row.append(str(c))
+                elif isinstance(c, DiffCell):
+                    row += [_num(v) for v in c.fields()]
+                    if c.reason:
+                        reasons.append(f"{self._short(self.columns[i])}: {c.reason}")
+                else:
+                    row += [str(c), "", "", ""]
+            if diff:
+                row += [self.noise(r), "; ".join(reasons)]
+            out.append(row)
+        return out
 
     def csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.columns)
-        w.writerows(self.rows)
+        w.writerow(self.csv_header())
+        w.writerows(self.csv_rows())
         return buf.getvalue()
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON: display rows, CSV-shaped rows (separate low/high/p) and the records."""
+        return {"number": self.number, "title": self.title, "columns": self.display_columns(),
+                "rows": self.text_rows(), "csv_columns": self.csv_header(), "csv_rows": self.csv_rows(),
+                "records": self.records, "notes": self.all_notes()}
 
+
+# --------------------------------------------------------------------------------------------- helpers
 @dataclass
 class Omitted:
     number: int
@@ -63,7 +154,6 @@ class Omitted:
     reason: str
 
 
-# --------------------------------------------------------------------------------------------- helpers
 def pretty(mech: str) -> str:
     return PRETTY_MECH.get(mech, mech)
 
@@ -95,9 +185,12 @@ def fmt_flops(x: float | None) -> str:
     return f"{mant}e{int(exp)}"
 
 
+Side = dict[int, tuple[str, str]]  # seed -> (run hash, outcomes phase)
+
+
 @dataclass
 class Arm:
-    """One (model, pruning, mechanism) arm: per-seed derived values."""
+    """One (model, pruning, mechanism) arm: per-seed derived values and the runs behind them."""
 
     model: str
     pruning: str
@@ -112,11 +205,17 @@ class Arm:
     honest: dict[int, float] = field(default_factory=dict)
     chronic: dict[int, list[dict]] = field(default_factory=dict)
     chronic_task: str | None = None
+    hashes: dict[int, str] = field(default_factory=dict)
+    formulas: dict[int, str] = field(default_factory=dict)
+
+    def side(self, phase: str = "eval") -> Side:
+        return {s: (h, phase) for s, h in self.hashes.items()
+                if phase != "relapse" or s in self.relapse}
 
 
 @dataclass
 class Data:
-    """Runs regrouped for the tables."""
+    """Runs regrouped for the tables, with their per-item outcomes."""
 
     baselines: dict[tuple[str, str], dict[int, dict[str, float]]]   # (model, pruning) -> seed -> scores
     arms: list[Arm]
@@ -125,14 +224,39 @@ class Data:
     tasks: list[str]
     structures: dict[tuple[str, str], dict[str, Any]]               # pruned-model structure per group
     notes: list[str]
+    baseline_hashes: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
+    n_items: dict[str, int] = field(default_factory=dict)           # task -> items evaluated (stored scores)
+    outcomes: Outcomes = field(default_factory=Outcomes)
+    _cells: dict[Any, DiffCell] = field(default_factory=dict, repr=False)
+
+    def base_side(self, g: tuple[str, str]) -> Side:
+        return {s: (h, "eval") for s, h in self.baseline_hashes.get(g, {}).items()}
+
+    def composite_tasks(self) -> tuple[str, ...]:
+        return COMPOSITE_TASKS
+
+    def cell(self, x: Side, y: Side, summary: dict[str, Any] | None, tasks: tuple[str, ...] | None = None,
+             mde: MdeCollector | None = None) -> DiffCell:
+        """``x − y`` (pp) on the composite (or ``tasks``), memoised: Tables 2, 3 and 6 share comparisons.
+        ``mde`` collects the sizes and discordance of the comparison for the table's MDE line."""
+        tasks = tasks or self.composite_tasks()
+        key = (tuple(sorted(x.items())), tuple(sorted(y.items())), tasks)
+        if key not in self._cells:
+            self._cells[key] = accuracy_cell(self.outcomes, x, y, tasks, None)
+        got = self._cells[key]
+        if mde is not None and got.has_ci:
+            observe(self.outcomes, x, y, tasks, mde)
+        return DiffCell(summary, got.diff, got.reason, got.digits)
 
 
-def collect(runs: list[RunRecord]) -> Data:
+def collect(runs: list[RunRecord], outcomes: Outcomes | None = None) -> Data:
     baselines: dict[tuple[str, str], dict[int, dict[str, float]]] = defaultdict(dict)
+    base_hashes: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
     arms: dict[tuple[str, str, str, bool], Arm] = {}
     group_pos: dict[tuple[str, str], int] = {}
     descriptions: dict[str, str] = {}
     tasks: list[str] = []
+    n_items: dict[str, int] = {}
     structures: dict[tuple[str, str], dict[str, Any]] = {}
     notes: set[str] = set()
     for rec in runs:
@@ -142,12 +266,16 @@ def collect(runs: list[RunRecord]) -> Data:
             descriptions[rec.model] = rec.meta["description"]
         if rec.meta and rec.meta.get("note"):
             notes.add(rec.meta["note"])
-        scores = rec.metrics.get("eval", {}).get("scores", {})
+        ev = rec.metrics.get("eval", {})
+        scores = ev.get("scores", {})
+        for t, n in (ev.get("n") or {}).items():
+            n_items[t] = min(n_items.get(t, int(n)), int(n))
         for t in scores:
             if t not in tasks:
                 tasks.append(t)
         if rec.kind == "baseline":
             baselines[g][rec.seed] = scores
+            base_hashes[g][rec.seed] = rec.hash
             structures.setdefault(g, rec.metrics.get("model", {}))
             continue
         mech = rec.config["mechanism"]
@@ -159,6 +287,7 @@ def collect(runs: list[RunRecord]) -> Data:
                                   rec.position)
         arm.position = min(arm.position, rec.position)
         arm.scores[rec.seed] = scores
+        arm.hashes[rec.seed] = rec.hash
         if "relapse" in rec.metrics:
             arm.relapse[rec.seed] = rec.metrics["relapse"]["eval"]["scores"]
         tr = rec.metrics.get("training", {})
@@ -168,6 +297,8 @@ def collect(runs: list[RunRecord]) -> Data:
             arm.epochs[rec.seed] = tr["epochs"]
         if tr.get("honest_flops") is not None:
             arm.honest[rec.seed] = tr["honest_flops"]
+        # which cost the isodose calibration held equal; stores from before the choice existed used the study's
+        arm.formulas[rec.seed] = str(tr.get("isodose_formula") or "study")
         if "chronic" in rec.metrics:
             arm.chronic[rec.seed] = rec.metrics["chronic"]["cycles"]
             arm.chronic_task = (rec.config.get("stress", {}).get("chronic") or {}).get("tasks", [None])[0]
@@ -175,11 +306,12 @@ def collect(runs: list[RunRecord]) -> Data:
         tasks = [t for t in tasks if t != "composite"] + ["composite"]
     groups = sorted(group_pos, key=lambda g: group_pos[g])
     arm_list = sorted(arms.values(), key=lambda a: a.position)
-    return Data(dict(baselines), arm_list, groups, descriptions, tasks, structures, sorted(notes))
+    return Data(dict(baselines), arm_list, groups, descriptions, tasks, structures, sorted(notes),
+                dict(base_hashes), n_items, outcomes or Outcomes())
 
 
 def _per_seed(arm: Arm, data: Data) -> dict[int, dict[str, float]]:
-    """Per-seed recovery / relapse_drop / net_retained / efficiency (DESIGN §8), paired on the seed."""
+    """Per-seed recovery / relapse_drop / net_retained / efficiency, paired on the seed."""
     base = data.baselines.get((arm.model, arm.pruning), {})
     out: dict[int, dict[str, float]] = {}
     for seed, sc in arm.scores.items():
@@ -208,6 +340,52 @@ def _group_label(g: tuple[str, str]) -> list[str]:
     return [g[0], g[1]]
 
 
+@dataclass
+class Effects:
+    """One arm's composite differences (Tables 2, 3, 5, 6), each a :class:`DiffCell`."""
+
+    per: dict[int, dict[str, float]]
+    recovery: DiffCell
+    relapse_drop: DiffCell
+    net_retained: DiffCell
+    efficiency: DiffCell
+
+
+def effects(arm: Arm, data: Data, mde: MdeCollector | None = None) -> Effects:
+    """recovery = treated − untreated; relapse drop = treated − relapsed; net retained = relapsed − untreated
+    (= recovery − relapse drop, item by item); efficiency = recovery per petaFLOP (the CI scales with it)."""
+    per = _per_seed(arm, data)
+    base = data.base_side((arm.model, arm.pruning))
+    rec = data.cell(arm.side(), base, _stat(per, "recovery"), mde=mde)
+    if arm.relapse:
+        rel = data.cell(arm.side(), arm.side("relapse"), _stat(per, "relapse_drop"))
+        net = data.cell(arm.side("relapse"), base, _stat(per, "net_retained"))
+    else:
+        rel = net = DiffCell(None)
+    eff_sum = _stat(per, "efficiency")
+    flops = set(arm.flops.values())
+    if len(flops) == 1 and rec.summary is not None and next(iter(flops)) > 0:
+        eff = scaled(rec, 1e15 / next(iter(flops)), digits=2)
+        eff.summary = eff_sum
+    else:  # a dose that differs between seeds has no single scale factor for the CI
+        eff = DiffCell(eff_sum, None, NO_DATA if not rec.has_ci else "FLOPs differ between seeds, no CI", 2)
+    return Effects(per, rec, rel, net, eff)
+
+
+def _mde(data: Data, collector: MdeCollector, tasks: tuple[str, ...] | None = None,
+         groups: list[tuple[str, str]] | None = None) -> list[str]:
+    """The MDE line; tasks without per-item comparisons fall back to the binomial bound at the baseline's
+    stored accuracy and item count."""
+    tasks = tasks or data.composite_tasks()
+    for t in tasks:
+        if collector.seen.get(t):
+            continue
+        accs = [sc[t] for g in (groups or data.groups) for sc in data.baselines.get(g, {}).values() if t in sc]
+        if accs:
+            collector.add_summary(t, data.n_items.get(t), sum(accs) / len(accs))
+    return collector.lines()
+
+
 # ---------------------------------------------------------------------------------------------- tables
 def table1(data: Data) -> Table | Omitted:
     title = "Post-Treatment Accuracy (Mean ± SD Across Seeds)"
@@ -229,63 +407,142 @@ def table1(data: Data) -> Table | Omitted:
             recs.append({"model": g[0], "pruning": g[1], "treatment": mech or "untreated", **stats, "seeds": len(by_seed)})
     if not rows:
         return Omitted(1, title, "no evaluated runs in the store")
-    return Table(1, "post_treatment_accuracy", title, cols, rows, recs)
+    # the MDE between two rows of this table: each treatment vs its untreated model, per evaluated task
+    mde = MdeCollector(composite=True)
+    evaluated = tuple(t for t in tasks if t != "composite")
+    for a in data.arms:
+        if not a.sweep:
+            observe(data.outcomes, a.side(), data.base_side((a.model, a.pruning)), evaluated, mde)
+    return Table(1, "post_treatment_accuracy", title, cols, rows, recs, mde=_mde(data, mde, evaluated))
 
 
 def table2(data: Data) -> Table | Omitted:
-    title = "Treatment Effects (Mean ± SD Across Seeds)"
+    title = "Treatment Effects (95 % CI; * p < 0.05)"
     multi = _group_cols(data)
-    cols = (["Model", "Pruning"] if multi else []) + ["Treatment", "Recovery (%)", "Relapse Drop (%)", "Net Retained (%)", "Seeds"]
+    cols = (["Model", "Pruning"] if multi else []) + ["Treatment", "Recovery (pp)", "Relapse Drop (pp)",
+                                                      "Net Retained (pp)", "Recovery vs Best (pp)", "Seeds"]
+    mde = MdeCollector(composite=True)
+    arms = [a for a in data.arms if not a.sweep]
+    eff = {id(a): effects(a, data, mde) for a in arms}
+    # the best treatment per (model, pruning): highest mean recovery; the others are compared with it item by item
+    best: dict[tuple[str, str], Arm] = {}
+    for a in arms:
+        r = eff[id(a)].recovery.estimate
+        g = (a.model, a.pruning)
+        if r is not None and (g not in best or r > eff[id(best[g])].recovery.estimate):
+            best[g] = a
     rows, recs = [], []
-    for a in data.arms:
-        if a.sweep:
+    for a in arms:
+        e = eff[id(a)]
+        if e.recovery.summary is None and e.relapse_drop.summary is None:
             continue
-        per = _per_seed(a, data)
-        rec, rel, net = _stat(per, "recovery"), _stat(per, "relapse_drop"), _stat(per, "net_retained")
-        if rec is None and rel is None:
-            continue
-        rows.append((_group_label((a.model, a.pruning)) if multi else []) +
-                    [pretty(a.mechanism), fmt(rec, signed=True), fmt(rel), fmt(net, signed=True), str(len(per))])
-        recs.append({"model": a.model, "pruning": a.pruning, "treatment": a.mechanism, "recovery": rec,
-                     "relapse_drop": rel, "net_retained": net, "seeds": len(per)})
+        g = (a.model, a.pruning)
+        b = best.get(g)
+        n_in_group = sum(1 for x in arms if (x.model, x.pruning) == g and eff[id(x)].recovery.estimate is not None)
+        if b is None or n_in_group < 2 or e.recovery.estimate is None:
+            vs: Any = "–"
+        elif b is a:
+            vs = "best"
+        else:
+            pb = _per_seed(b, data)
+            diffs = [e.per[s]["recovery"] - pb[s]["recovery"] for s in e.per
+                     if s in pb and "recovery" in e.per[s] and "recovery" in pb[s]]
+            vs = data.cell(a.side(), b.side(), summarize(diffs))
+        rows.append((_group_label(g) if multi else []) +
+                    [pretty(a.mechanism), e.recovery, e.relapse_drop if a.relapse else "–",
+                     e.net_retained if a.relapse else "–", vs, str(len(e.per))])
+        recs.append({"model": a.model, "pruning": a.pruning, "treatment": a.mechanism,
+                     "recovery": e.recovery.summary, "relapse_drop": e.relapse_drop.summary,
+                     "net_retained": e.net_retained.summary, "seeds": len(e.per),
+                     "recovery_ci": e.recovery.as_dict(),
+                     "relapse_drop_ci": e.relapse_drop.as_dict() if a.relapse else None,
+                     "net_retained_ci": e.net_retained.as_dict() if a.relapse else None,
+                     "vs_best": vs.as_dict() if isinstance(vs, DiffCell) else vs})
     if not rows:
         return Omitted(2, title, "needs treated runs with a stored untreated baseline of the same model, pruning and seed")
-    notes = []
+    notes = ["Recovery = treated − untreated composite; Relapse Drop = treated − after relapse; Net Retained = "
+             "recovery − relapse drop (= after relapse − untreated); vs Best = recovery − the best treatment's "
+             "recovery on the same model and pruning."]
     if any(r["relapse_drop"] is None for r in recs):
         notes.append("Relapse Drop / Net Retained are '–' where the experiment had no relapse stress.")
-    return Table(2, "treatment_effects", title, cols, rows, recs, notes)
+    return Table(2, "treatment_effects", title, cols, rows, recs, notes, _mde(data, mde),
+                 short={"Recovery vs Best (pp)": "vs best"})
+
+
+def _formula(a: Arm) -> str:
+    f = sorted(set(a.formulas.values()))
+    return "/".join(f) if f else "study"
 
 
 def table3(data: Data) -> Table | Omitted:
     title = "Isodose Efficiency Comparison"
     multi = _group_cols(data)
-    cols = (["Model", "Pruning"] if multi else []) + ["Treatment", "Epochs", "Recovery (%)", "FLOPs", "Honest FLOPs",
+    cols = (["Model", "Pruning"] if multi else []) + ["Treatment", "Equalised", "Epochs", "Recovery (pp)",
+                                                      "FLOPs 6·P·L·N·E", "Honest FLOPs T·(2F+6P)",
                                                       "Efficiency (Recovery/PetaFLOP)"]
     rows, recs = [], []
+    mde = MdeCollector(composite=True)
     for a in data.arms:
         if a.sweep or not a.flops:
             continue
-        per = _per_seed(a, data)
-        rec, eff = _stat(per, "recovery"), _stat(per, "efficiency")
-        if rec is None:
+        e = effects(a, data, mde)
+        if e.recovery.summary is None:
             continue
         flops = summarize(list(a.flops.values()))
         honest = summarize(list(a.honest.values()))
         epochs = summarize(list(a.epochs.values()))
         rows.append((_group_label((a.model, a.pruning)) if multi else []) +
-                    [pretty(a.mechanism), f"{epochs['mean']:g}" if epochs else "–",
-                     f"{rec['mean']:+.1f}", fmt_flops(flops["mean"] if flops else None),
-                     fmt_flops(honest["mean"] if honest else None), fmt(eff, digits=2)])
-        recs.append({"model": a.model, "pruning": a.pruning, "treatment": a.mechanism, "epochs": epochs,
-                     "recovery": rec, "flops": flops, "honest_flops": honest, "efficiency": eff})
+                    [pretty(a.mechanism), _formula(a), f"{epochs['mean']:g}" if epochs else "–", e.recovery,
+                     fmt_flops(flops["mean"] if flops else None), fmt_flops(honest["mean"] if honest else None),
+                     e.efficiency])
+        recs.append({"model": a.model, "pruning": a.pruning, "treatment": a.mechanism, "equalised": _formula(a),
+                     "epochs": epochs, "recovery": e.recovery.summary, "flops": flops, "honest_flops": honest,
+                     "efficiency": e.efficiency.summary, "recovery_ci": e.recovery.as_dict(),
+                     "efficiency_ci": e.efficiency.as_dict()})
     if not rows:
         return Omitted(3, title, "needs treated runs with FLOPs and a stored untreated baseline")
     return Table(3, "isodose_efficiency", title, cols, rows, recs,
-                 ["FLOPs = 6·P·L·N·E (the study's isodose formula); Honest FLOPs include the frozen base, T·(2F + 6P)."])
+                 ["FLOPs = 6·P·L·N·E (the study's isodose formula: trainable parameters × sequence length × "
+                  "samples × epochs); Honest FLOPs = T·(2F + 6P), which also counts the frozen base's forward and "
+                  "backward passes. Equalised = the cost the isodose calibration held equal to the reference run "
+                  "('study' = 6·P·L·N·E, 'honest' = T·(2F + 6P)). Efficiency = recovery / (FLOPs / 1e15); its CI "
+                  "is the recovery CI at the same fixed dose."],
+                 _mde(data, mde), short={"Efficiency (Recovery/PetaFLOP)": "efficiency"})
+
+
+def _cycle_side(a: Arm, c: int | None) -> Side:
+    """Seed -> (hash, phase of chronic cycle ``c``); ``None`` = each seed's last cycle."""
+    out = {}
+    for s, cyc in a.chronic.items():
+        if not cyc or s not in a.hashes:
+            continue
+        if c is None:
+            out[s] = (a.hashes[s], f"chronic:{cyc[-1].get('cycle', len(cyc) - 1)}")
+        elif len(cyc) > c:
+            out[s] = (a.hashes[s], f"chronic:{cyc[c].get('cycle', c)}")
+    return out
+
+
+def cycle_interval(data: Data, a: Arm, c: int) -> Any | None:
+    """The arm's accuracy at chronic cycle ``c`` with its 95 % CI (seeds averaged per item), or None without
+    per-item data."""
+    from prunelab.errors import PrunelabError
+    from prunelab.report.comparisons import correct_map
+
+    task = a.chronic_task or "arc_easy_gen"
+    maps = [correct_map(data.outcomes.get(h, ph, task)) for h, ph in _cycle_side(a, c).values()]
+    if not maps or not all(maps):
+        return None
+    from prunelab import stats
+
+    try:
+        return stats.mean_ci(maps[0] if len(maps) == 1 else maps)
+    except PrunelabError:
+        return None
 
 
 def table4(data: Data) -> Table | Omitted:
-    title = "Longitudinal Accuracy Under Chronic Stress (Mean ± SD Across Seeds)"
+    title = "Longitudinal Accuracy Under Chronic Stress"
     arms = [a for a in data.arms if a.chronic and not a.sweep]
     if not arms:
         return Omitted(4, title, "no chronic-stress runs in the store (stress.chronic not set)")
@@ -295,26 +552,46 @@ def table4(data: Data) -> Table | Omitted:
     heads = [(f"{a.model}/{a.pruning}/" if multi else "") + f"{pretty(a.mechanism)} (%)" for a in arms]
     n_cycles = max(len(c) for a in arms for c in a.chronic.values())
     rows, recs = [], []
+    with_ci = False
     for c in range(n_cycles):
         row, rec = [str(c)], {"cycle": c}
-        for a, h in zip(arms, heads):
+        for a in arms:
             vals = [cyc[c]["scores"].get(a.chronic_task or task) for cyc in a.chronic.values() if len(cyc) > c]
             s = summarize([v for v in vals if v is not None])
-            row.append(fmt(s))
-            rec[a.mechanism if not multi else f"{a.model}/{a.pruning}/{a.mechanism}"] = s
+            iv = cycle_interval(data, a, c)
+            with_ci = with_ci or iv is not None
+            row.append(iv.markdown() if iv is not None else fmt(s))
+            rec[a.mechanism if not multi else f"{a.model}/{a.pruning}/{a.mechanism}"] = (
+                {**s, "ci": iv.as_dict()} if s is not None and iv is not None else s)
         rows.append(row)
         recs.append(rec)
-    decline_row = ["Decline"]
+    decline_row: list[Any] = ["Decline (pp)"]
     decline_rec: dict[str, Any] = {"cycle": "decline"}
+    mde = MdeCollector()
     for a in arms:
-        d = summarize([M.longitudinal_decline([cy["scores"][a.chronic_task or task] for cy in cyc])
+        t = a.chronic_task or task
+        d = summarize([M.longitudinal_decline([cy["scores"][t] for cy in cyc])
                        for cyc in a.chronic.values() if cyc])
-        decline_row.append(fmt(d))
-        decline_rec[a.mechanism if not multi else f"{a.model}/{a.pruning}/{a.mechanism}"] = d
+        cell = data.cell(_cycle_side(a, 0), _cycle_side(a, None), d, (t,), mde)
+        decline_row.append(cell)
+        decline_rec[a.mechanism if not multi else f"{a.model}/{a.pruning}/{a.mechanism}"] = {
+            **(d or {}), "ci": cell.as_dict()}
     rows.append(decline_row)
     recs.append(decline_rec)
-    return Table(4, "longitudinal", f"Longitudinal {label} Accuracy (Mean ± SD Across Seeds)", ["Cycle", *heads], rows, recs,
-                 ["Decline = acc(cycle 0) − acc(last cycle); cycle 0 is the treated model before stress."])
+    notes = ["Decline = acc(cycle 0) − acc(last cycle), paired by item; cycle 0 is the treated model before stress."]
+    notes.append("Per-cycle accuracy: " + ("estimate [95 % CI] over items (Wilson for one seed; several seeds "
+                                           "averaged per item and bootstrapped)." if with_ci else
+                                           "mean ± SD over seeds (no per-item data, no CI)."))
+    for a in arms:
+        if not mde.seen.get(a.chronic_task or task):
+            accs = [cyc[0]["scores"].get(a.chronic_task or task) for cyc in a.chronic.values() if cyc]
+            accs = [v for v in accs if v is not None]
+            if accs:
+                mde.add_summary(a.chronic_task or task, data.n_items.get(a.chronic_task or task),
+                                sum(accs) / len(accs))
+    return Table(4, "longitudinal", f"Longitudinal {label} Accuracy Under Chronic Stress", ["Cycle", *heads], rows,
+                 recs, notes, mde.lines(),
+                 short={h: pretty(a.mechanism) for h, a in zip(heads, arms)})
 
 
 def table5(data: Data) -> Table | Omitted:
@@ -324,36 +601,53 @@ def table5(data: Data) -> Table | Omitted:
         return Omitted(5, title, "no rank-sweep runs in the store (rank_sweep not set)")
     multi = len({(a.model, a.pruning) for a in arms}) > 1
     scored, missing = [], []
+    mde = MdeCollector(composite=True)
     for a in arms:
-        per = _per_seed(a, data)
-        rec, eff, rel = _stat(per, "recovery"), _stat(per, "efficiency"), _stat(per, "relapse_drop")
+        e = effects(a, data, mde)
+        rec, eff, rel = e.recovery.summary, e.efficiency.summary, e.relapse_drop.summary
         if rec is None or eff is None or rel is None:
             missing.append(a.mechanism)
             continue
         score = M.sweep_score(rec["mean"], eff["mean"], rel["mean"])
         epochs = summarize(list(a.epochs.values()))
-        scored.append((score, a, rec, eff, rel, epochs, len(per)))
+        scored.append((score, a, e, epochs, len(e.per)))
     if not scored:
         return Omitted(5, title, "rank-sweep runs need a baseline and relapse stress to be scored")
     scored.sort(key=lambda t: -t[0])
-    cols = (["Model", "Pruning"] if multi else []) + ["Rank", "LoRA r", "Epochs", "Recovery (%)", "Efficiency",
-                                                      "Relapse Drop (%)", "Sweep Score", "Seeds"]
+    cols = (["Model", "Pruning"] if multi else []) + ["Rank", "LoRA r", "Epochs", "Recovery (pp)", "Efficiency",
+                                                      "Relapse Drop (pp)", "Sweep Score", "Recovery vs Rank 1 (pp)",
+                                                      "Seeds"]
     rows, recs = [], []
-    for i, (score, a, rec, eff, rel, epochs, n) in enumerate(scored, 1):
-        rows.append((_group_label((a.model, a.pruning)) if multi else []) +
-                    [str(i), str(a.r), f"{epochs['mean']:g}" if epochs else "–", fmt(rec, signed=True),
-                     fmt(eff, digits=2), fmt(rel), f"{score:.2f}", str(n)])
+    top: dict[tuple[str, str], tuple[Arm, Effects]] = {}
+    for i, (score, a, e, epochs, n) in enumerate(scored, 1):
+        g = (a.model, a.pruning)
+        if g not in top:
+            top[g] = (a, e)
+            vs: Any = "rank 1"
+        else:
+            b, eb = top[g]
+            vs = data.cell(a.side(), b.side(), summarize([e.per[s]["recovery"] - eb.per[s]["recovery"] for s in e.per
+                                                         if s in eb.per and "recovery" in e.per[s]
+                                                         and "recovery" in eb.per[s]]))
+        rows.append((_group_label(g) if multi else []) +
+                    [str(i), str(a.r), f"{epochs['mean']:g}" if epochs else "–", e.recovery, e.efficiency,
+                     e.relapse_drop, f"{score:.2f}", vs, str(n)])
         recs.append({"model": a.model, "pruning": a.pruning, "rank": i, "mechanism": a.mechanism, "r": a.r,
-                     "epochs": epochs, "recovery": rec, "efficiency": eff, "relapse_drop": rel, "sweep_score": score,
-                     "seeds": n})
-    notes = ["Sweep score = 0.4·recovery + 0.1·efficiency − 0.4·relapse_drop + 4, from the means over seeds."]
+                     "epochs": epochs, "recovery": e.recovery.summary, "efficiency": e.efficiency.summary,
+                     "relapse_drop": e.relapse_drop.summary, "sweep_score": score, "seeds": n,
+                     "recovery_ci": e.recovery.as_dict(), "efficiency_ci": e.efficiency.as_dict(),
+                     "relapse_drop_ci": e.relapse_drop.as_dict(),
+                     "vs_rank1": vs.as_dict() if isinstance(vs, DiffCell) else vs})
+    notes = ["Sweep score = 0.4·recovery + 0.1·efficiency − 0.4·relapse_drop + 4, from the means over seeds (a "
+             "point score, no CI); 'Recovery vs Rank 1' = recovery − the top-ranked arm's recovery, item by item."]
     if missing:
         notes.append(f"Not scored (no baseline or relapse data): {', '.join(missing)}.")
-    return Table(5, "rank_sweep", title, cols, rows, recs, notes)
+    return Table(5, "rank_sweep", title, cols, rows, recs, notes, _mde(data, mde),
+                 short={"Recovery vs Rank 1 (pp)": "vs rank 1"})
 
 
 def table6(data: Data) -> Table | Omitted:
-    title = "Generalization Across Models (Mean ± SD Across Seeds Where Applicable)"
+    title = "Generalization Across Models"
     by_mech: dict[str, list[Arm]] = defaultdict(list)
     for a in data.arms:
         if not a.sweep:
@@ -362,40 +656,55 @@ def table6(data: Data) -> Table | Omitted:
     if not shared:
         return Omitted(6, title, "needs the same mechanism on more than one model / pruning")
     multi_mech = len(shared) > 1
-    cols = (["Mechanism"] if multi_mech else []) + ["Model", "Pruning", "Baseline Composite (%)", "Recovery (%)",
-                                                    "Efficiency (Mean)", "Relapse Drop (Mean %)", "Delta vs. Primary (%)"]
+    cols = (["Mechanism"] if multi_mech else []) + ["Model", "Pruning", "Baseline Composite (%)", "Recovery (pp)",
+                                                    "Efficiency (Mean)", "Relapse Drop (pp)", "Delta vs. Primary (pp)"]
     rows, recs = [], []
+    mde = MdeCollector(composite=True)
+    groups = []
     for mech, arms in shared.items():
         arms = sorted(arms, key=lambda a: data.groups.index((a.model, a.pruning)))
-        primary = None
+        primary: tuple[Arm, Effects] | None = None
         for a in arms:
-            per = _per_seed(a, data)
-            rec, eff, rel = _stat(per, "recovery"), _stat(per, "efficiency"), _stat(per, "relapse_drop")
-            base = summarize([s.get("composite") for s in data.baselines.get((a.model, a.pruning), {}).values()])
+            g = (a.model, a.pruning)
+            groups.append(g)
+            e = effects(a, data, mde)
+            base = summarize([s.get("composite") for s in data.baselines.get(g, {}).values()])
             if primary is None:
-                primary = rec
-                delta, label = None, "–"
+                primary = (a, e)
+                delta: Any = "–"
             else:
-                delta = rec["mean"] - primary["mean"] if rec and primary else None
-                label = f"{delta:+.1f}" if delta is not None else "–"
+                p, ep = primary
+                dsum = (None if e.recovery.summary is None or ep.recovery.summary is None else
+                        {"mean": e.recovery.summary["mean"] - ep.recovery.summary["mean"], "sd": None, "n": None})
+                delta = did_cell(data.outcomes, a.side(), data.base_side(g), p.side(),
+                                 data.base_side((p.model, p.pruning)), data.composite_tasks(), dsum)
             name = a.model + (f" ({data.descriptions[a.model]})" if data.descriptions.get(a.model) else "")
             rows.append(([pretty(mech)] if multi_mech else []) +
                         [("Primary: " if a is arms[0] else "") + name, a.pruning,
-                         f"{base['mean']:.1f}" if base else "–", fmt(rec, signed=True),
-                         f"{eff['mean']:.2f}" if eff else "–", f"{rel['mean']:.1f}" if rel else "–", label])
+                         f"{base['mean']:.1f}" if base else "–", e.recovery,
+                         f"{e.efficiency.summary['mean']:.2f}" if e.efficiency.summary else "–",
+                         e.relapse_drop if a.relapse else "–", delta])
             recs.append({"mechanism": mech, "model": a.model, "pruning": a.pruning, "primary": a is arms[0],
-                         "baseline_composite": base, "recovery": rec, "efficiency": eff, "relapse_drop": rel,
-                         "delta_vs_primary": delta})
+                         "baseline_composite": base, "recovery": e.recovery.summary,
+                         "efficiency": e.efficiency.summary, "relapse_drop": e.relapse_drop.summary,
+                         "delta_vs_primary": None if not isinstance(delta, DiffCell) else delta.estimate,
+                         "recovery_ci": e.recovery.as_dict(),
+                         "relapse_drop_ci": e.relapse_drop.as_dict() if a.relapse else None,
+                         "delta_vs_primary_ci": delta.as_dict() if isinstance(delta, DiffCell) else None})
     return Table(6, "transfer", title, cols, rows, recs,
-                 ["Primary = the first model / pruning of the experiment; delta = recovery − primary recovery."])
+                 ["Primary = the first model / pruning of the experiment; delta = recovery − primary recovery, "
+                  "a difference in differences paired by item across the four arms (both models evaluated on the "
+                  "same items)."],
+                 _mde(data, mde, groups=groups), short={"Delta vs. Primary (pp)": "delta"})
 
 
 TABLES = (table1, table2, table3, table4, table5, table6)
 
 
-def build_tables(runs: list[RunRecord]) -> tuple[list[Table], list[Omitted], Data]:
-    """All six tables (or an :class:`Omitted` note each) from stored runs."""
-    data = collect(runs)
+def build_tables(runs: list[RunRecord], outcomes: Outcomes | None = None) -> tuple[list[Table], list[Omitted], Data]:
+    """All six tables (or an :class:`Omitted` note each) from stored runs and their per-item outcomes
+    (:meth:`Outcomes.from_store`; ``None`` = none: every difference then says "no per-item data, no CI")."""
+    data = collect(runs, outcomes)
     tables, omitted = [], []
     for fn in TABLES:
         res = fn(data)
@@ -437,13 +746,16 @@ def write_report(db, out_dir, experiment: str | None = None, figures: bool = Tru
 
     with Store(db, readonly=True) as store:
         runs = store.runs(experiment)
+        outcomes = Outcomes.from_store(store, runs)
     if not runs:
         raise PrunelabError(f"{db} holds no finished runs{f' of {experiment}' if experiment else ''}; run an experiment first")
-    tables, omitted, data = build_tables(runs)
+    tables, omitted, data = build_tables(runs, outcomes)
     out_dir = Path(out_dir)
     title = f"# prunelab report{f': {experiment}' if experiment else ''}\n\n" \
-            f"{len(runs)} finished runs from `{Path(db).name}`. Accuracies in percent; ± is the sample SD over seeds " \
-            f"(a single seed shows the mean only).\n"
+            f"{len(runs)} finished runs from `{Path(db).name}`. Accuracies in percent, differences in percentage " \
+            f"points as estimate [95 % CI] from the stored per-item outcomes, * = p < 0.05; ± is the sample SD " \
+            f"over seeds (a single seed shows the mean only). " + \
+            ("" if outcomes else f"This store holds no per-item outcomes: {NO_DATA}.") + "\n"
     files, figs = [], []
     with atomic_dir(out_dir) as tmp:
         (tmp / "tables.md").write_text(render_markdown(tables, omitted, data, title) + "\n" + runs_appendix(runs),
@@ -453,8 +765,7 @@ def write_report(db, out_dir, experiment: str | None = None, figures: bool = Tru
             name = f"table{t.number}_{t.slug}.csv"
             (tmp / name).write_text(t.csv(), encoding="utf-8")
             files.append(name)
-        payload = {"tables": [{"number": t.number, "title": t.title, "columns": t.columns, "rows": t.rows,
-                               "records": t.records, "notes": t.notes} for t in tables],
+        payload = {"tables": [t.as_dict() for t in tables],
                    "omitted": [{"number": o.number, "title": o.title, "reason": o.reason} for o in omitted],
                    "notes": data.notes, "runs": len(runs)}
         (tmp / "tables.json").write_text(json.dumps(to_jsonable(payload), indent=2) + "\n", encoding="utf-8")

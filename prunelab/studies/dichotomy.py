@@ -220,6 +220,9 @@ class RatioPoint:
     efficiency: dict[str, Any]
     seconds: float
     task_seconds: dict[str, float] = field(default_factory=dict)
+    #: per-item outcomes per task (``TaskResult.outcomes``; empty for evaluators that keep none): the
+    #: "each ratio vs dense" CIs are computed from these, never by re-evaluating
+    outcomes: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -405,6 +408,7 @@ def run_dichotomy(
             scores: dict[str, float | None] = {t: None for t in names}
             metrics: dict[str, dict[str, float]] = {}
             task_seconds: dict[str, float] = {}
+            outcomes: dict[str, list[Any]] = {}
             for t in present:
                 say(f"e={ratio:g}: {t}")
                 res = evaluate_fn(m, tokenizer, t, task_limits[t], seed, batch_size)
@@ -412,6 +416,7 @@ def run_dichotomy(
                 scores[t] = float(res.metrics[res.primary])
                 metrics[t] = {k: float(v) for k, v in res.metrics.items()}
                 task_seconds[t] = float(getattr(res, "seconds", 0.0))
+                outcomes[t] = list(getattr(res, "outcomes", None) or [])
                 if log:
                     log(f"e={ratio:.4g} (I={width}) {t}: {scores[t]:.3f} [{res.primary}, n={res.n}, "
                         f"{task_seconds[t]:.0f}s]")
@@ -423,7 +428,8 @@ def run_dichotomy(
             points.append(RatioPoint(
                 expansion_ratio=ratio, dense=dense, intermediate_size=width,
                 params=count_parameters(m).total, flops_per_token=float(flops_per_token(m)), scores=scores,
-                metrics=metrics, efficiency=eff, seconds=time.perf_counter() - t0, task_seconds=task_seconds))
+                metrics=metrics, efficiency=eff, seconds=time.perf_counter() - t0, task_seconds=task_seconds,
+                outcomes=outcomes))
             if not dense:
                 del m
         settings_used = {k: getattr(settings, k) for k in vars(settings)}
@@ -508,6 +514,54 @@ def capability_rows(result: DichotomyResult) -> tuple[list[str], list[list[Any]]
     return header, rows
 
 
+def vs_dense_table(result: DichotomyResult):
+    """Each pruned ratio vs dense, per task, as a :class:`prunelab.report.tables.Table` (``None`` without a
+    pruned point): accuracy tasks as the paired difference ``pruned − dense`` in percentage points
+    (:func:`prunelab.stats.accuracy_difference`: bootstrap over items, McNemar's exact p for 0/1 outcomes),
+    perplexity tasks as ``ppl(pruned) / ppl(dense)`` bootstrapped over windows
+    (:func:`prunelab.stats.perplexity_ratio`). Both models are evaluated on the same seeded items, so every
+    comparison is paired; without stored outcomes the bare difference prints with "no per-item data, no CI"."""
+    from prunelab.report.comparisons import (DiffCell, MdeCollector, Outcomes, accuracy_cell, correct_map,
+                                             observe, perplexity_cell)
+    from prunelab.report.tables import Table
+
+    if len(result.points) < 2:
+        return None
+    key = [f"e={p.expansion_ratio:.6g}" for p in result.points]
+    outcomes = Outcomes({(key[i], "eval", t): {o.item_id: o for o in items}
+                         for i, p in enumerate(result.points) for t, items in p.outcomes.items() if items})
+    dense = result.points[0]
+    tasks = [t for t in result.tasks if t not in result.absent]
+    mde = MdeCollector()
+    rows, records = [], []
+    for i, p in enumerate(result.points[1:], start=1):
+        row: list[Any] = [_fmt(p.expansion_ratio, 3), str(p.intermediate_size)]
+        rec: dict[str, Any] = {"expansion_ratio": p.expansion_ratio, "intermediate_size": p.intermediate_size}
+        for t in tasks:
+            a, b = p.scores.get(t), dense.scores.get(t)
+            if a is None or b is None:
+                row.append("–")
+                rec[t] = None
+                continue
+            ppl_task = t in LOWER_IS_BETTER or (p.outcomes.get(t) and p.outcomes[t][0].nll is not None)
+            if ppl_task:
+                cell = perplexity_cell(outcomes.get(key[i], "eval", t), outcomes.get(key[0], "eval", t),
+                                       {"mean": a / b if b else math.nan, "sd": None, "n": None})
+            else:
+                x, y = {0: (key[i], "eval")}, {0: (key[0], "eval")}
+                cell = accuracy_cell(outcomes, x, y, (t,), {"mean": a - b, "sd": None, "n": None})
+                if correct_map(outcomes.get(key[0], "eval", t)):
+                    observe(outcomes, x, y, (t,), mde)
+            row.append(cell)
+            rec[t] = cell.as_dict() if isinstance(cell, DiffCell) else None
+        rows.append(row)
+        records.append(rec)
+    notes = ["Accuracy tasks: pruned − dense in percentage points; perplexity tasks: ×ppl(pruned) / ppl(dense) "
+             "(above 1 = worse). Same seeded items for every ratio, so every comparison is paired."]
+    return Table(None, "vs_dense", f"Each expansion ratio vs dense ({result.model or 'model'}, {result.criterion})",
+                 ["e", "I", *tasks], rows, records, notes, mde.lines())
+
+
 def efficiency_rows(result: DichotomyResult) -> tuple[list[str], list[list[Any]]]:
     keys = list(dict.fromkeys(k for p in result.points for k in p.efficiency))
     header = ["expansion_ratio", "intermediate_size"] + keys
@@ -523,6 +577,7 @@ def write_outputs(result: DichotomyResult, out_dir: str | Path) -> list[Path]:
 
     ``table.{md,csv,json}`` (ratio × task, raw and normalised), ``efficiency.{md,csv,json}``,
     ``correlations.{md,csv}`` (pairs with r, p, n) and ``correlation_matrix.csv`` / ``correlation_pvalues.csv``,
+    ``vs_dense.{md,csv,json}`` (each ratio vs dense with 95 % CIs, also a section of ``table.md``),
     ``capabilities.png`` (normalised to dense vs expansion ratio), ``correlations.png`` (heatmaps),
     ``result.json`` (everything).
     """
@@ -549,6 +604,13 @@ def write_outputs(result: DichotomyResult, out_dir: str | Path) -> list[Path]:
               + "\n## Normalised to dense (perplexity inverted: dense/ppl)\n\n"
               + _md_table(["e", "I"] + result.tasks + [f"**{k}**" for k in result.kind_series], norm_rows)
               + "\n## Absent tasks\n\n" + absent)
+        vs_dense = vs_dense_table(result)
+        if vs_dense is not None:
+            md += "\n## Each ratio vs dense (95 % CI)\n\n" + vs_dense.markdown()
+            (tmp / "vs_dense.md").write_text(vs_dense.markdown(), encoding="utf-8")
+            (tmp / "vs_dense.csv").write_text(vs_dense.csv(), encoding="utf-8")
+            (tmp / "vs_dense.json").write_text(json.dumps(to_jsonable(vs_dense.as_dict()), indent=2) + "\n",
+                                               encoding="utf-8")
         (tmp / "table.md").write_text(md, encoding="utf-8")
         (tmp / "table.csv").write_text(_csv(header, rows), encoding="utf-8")
         table_json = {"tasks": result.tasks, "kinds": result.kinds, "absent": result.absent,

@@ -30,6 +30,10 @@ def test_prunelab_equals_lm_eval(model, names):
         ours_ll = [[x] for x in ours_ll] if name == "lambada" else ours_ll
         for u, v in zip(ours_ll, b.details["loglikelihoods"]):
             assert u == pytest.approx(v, abs=1e-3)
+        # per-item outcomes: lm-eval's own per-sample verdicts, item for item the same as ours
+        assert [o.item_id for o in b.outcomes] == a.item_ids
+        assert [o.correct for o in b.outcomes] == [o.correct for o in a.outcomes]
+        assert 100.0 * sum(o.correct for o in b.outcomes) / b.n == pytest.approx(b.metrics[b.primary], abs=1e-9)
     if "arc_easy" in names:
         r = ours.results["arc_easy"].metrics, theirs.results["arc_easy"].metrics
         assert r[0]["acc"] == r[1]["acc"] and r[0]["acc_norm"] == r[1]["acc_norm"]
@@ -56,3 +60,29 @@ def test_bridge_runs_a_per_layer_pruned_model():
     theirs = lmeval_evaluate(model, tok, ["piqa"], limit=5, seed=0).results["piqa"]
     assert ours.metrics["acc"] == theirs.metrics["acc"] and ours.metrics["acc_norm"] == theirs.metrics["acc_norm"]
     assert ours.item_ids == theirs.item_ids
+
+
+@pytest.fixture(scope="module")
+def battery_lmeval(model):
+    from prunelab.evaluate.lmeval_bridge import COMMONSENSE
+
+    return lmeval_evaluate(model, tiny_tokenizer(), COMMONSENSE, limit=6, seed=3, batch_size=8)
+
+
+@pytest.mark.parametrize("engine", ["packed", "reference"])
+def test_every_battery_task_equals_lm_eval_item_for_item(model, battery_lmeval, engine):
+    """Both log-likelihood paths (the packed fast path and one-request-at-a-time) reproduce lm-eval's own
+    task definitions per item: same log-likelihoods, same verdicts, on ARC-e/c, HellaSwag, PIQA, BoolQ, WinoGrande."""
+    from prunelab.evaluate.lmeval_bridge import COMMONSENSE
+    from prunelab.evaluate.loglik import use_engine
+
+    with use_engine(engine):
+        ours = evaluate(model, tiny_tokenizer(), COMMONSENSE, limit=6, seed=3, batch_size=2)
+    for name in COMMONSENSE:
+        a, b = ours.results[name], battery_lmeval.results[name]
+        assert a.item_ids == b.item_ids and b.n == 6, name
+        for u, v in zip(a.details["loglikelihoods"], b.details["loglikelihoods"]):
+            assert u == pytest.approx(v, abs=1e-3), name
+        assert [o.correct for o in a.outcomes] == [o.correct for o in b.outcomes], name
+        for metric, value in b.metrics.items():
+            assert a.metrics[metric] == value, (name, metric)

@@ -52,6 +52,17 @@ def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
     assert ket.metrics["training"]["honest_flops"] > ket.flops
     assert "composite" in ket.metrics["relapse"]["eval"]["scores"]
     assert [c["cycle"] for c in ket.metrics["chronic"]["cycles"]] == [0, 1]
+    # per-item outcomes of every evaluation are stored with the run, and reproduce its stored scores
+    with Store(db) as s:
+        got = s.all_outcomes([ket.hash])[ket.hash]
+    assert set(got) == {"eval", "relapse", "chronic:0", "chronic:1"}
+    stored = {"eval": ket.metrics["eval"]["scores"], "relapse": ket.metrics["relapse"]["eval"]["scores"],
+              **{f"chronic:{c['cycle']}": c["scores"] for c in ket.metrics["chronic"]["cycles"]}}
+    for phase, tasks in got.items():
+        assert "composite" not in tasks and tasks
+        for task, items in tasks.items():
+            assert len(items) == 2
+            assert 100.0 * sum(o.correct for o in items.values()) / 2 == pytest.approx(stored[phase][task])
     # pruned once, cached by hash in the work dir
     assert len(list((tmp_path / "r.sqlite.work" / "pruned").iterdir())) == 1
     rep = build_report(db, tmp_path / "rep")

@@ -38,6 +38,9 @@ def with_(**kw):
     ({"mechanisms": [{"name": "mine", "targets": ["q", "nose"]}]}, "mechanisms.0.targets.1"),
     ({"models": []}, "models"),
     ({"eval": {"tasks": ["arc_easy_gen"], "limit": 0}}, "eval.limit"),
+    ({"eval": {"protocol": "instruct"}}, "eval.protocol"),
+    ({"isodose": {"reference": "ketamine:3", "formula": "fair"}}, "isodose.formula"),
+    ({"isodose": {"epochs": 3, "formula": "honest"}}, "isodose"),
 ])
 def test_bad_spec_names_the_field(patch, path):
     with pytest.raises(PrunelabError) as err:
@@ -144,3 +147,35 @@ def test_registry_names_checked_before_work(patch, path):
     with pytest.raises(PrunelabError, match=rf"^{path}: unknown"):
         real_validate(parse_spec(with_(**patch)))
     real_validate(parse_spec(with_()))  # the valid spec passes
+
+
+def test_protocol_and_isodose_formula_are_in_the_run_config_and_hash():
+    runs = {r.label: r for r in expand(parse_spec(with_()))}
+    treated = next(r for k, r in runs.items() if "ketamine" in k)
+    assert treated.config["eval"]["protocol"] == "auto"  # the default
+    assert treated.config["dose"]["formula"] == "study"  # the default: the study's 6·P·L·N·E
+    by_protocol = {p: {r.label: r.hash for r in expand(parse_spec(with_(eval={"protocol": p})))}
+                   for p in ("raw", "chat", "auto")}
+    for a in by_protocol:  # every run (untreated too) differs between protocols
+        for b in by_protocol:
+            if a != b:
+                assert set(by_protocol[a].values()).isdisjoint(by_protocol[b].values())
+    assert by_protocol["auto"] == {r.label: r.hash for r in runs.values()}
+    honest = {r.label: r for r in expand(parse_spec(with_(isodose={"reference": "ketamine:1", "formula": "honest"})))}
+    for label, run in honest.items():
+        if "untreated" in label:  # no training: the formula does not enter
+            assert run.hash == runs[label].hash
+        else:
+            assert run.config["dose"]["formula"] == "honest" and run.hash != runs[label].hash
+    fixed = expand(parse_spec(with_(isodose={"epochs": 2})))
+    assert all("formula" not in r.config["dose"] for r in fixed if r.kind == "treated")
+
+
+def test_shipped_examples_protocol_and_formula():
+    """The study YAMLs keep the study's isodose formula and raw prompts (a reproduction); the quickstart uses auto."""
+    root = Path(__file__).resolve().parents[2] / "examples"
+    for name in ("recovery-study.yaml", "rank-sweep.yaml", "transfer.yaml"):
+        assert load_spec(root / name).isodose.formula == "study", name
+    for name in ("recovery-study.yaml", "rank-sweep.yaml", "transfer.yaml"):
+        assert load_spec(root / name).eval.protocol == "raw", name  # the study's plain prompts on a base model
+    assert load_spec(root / "quickstart.yaml").eval.protocol == "auto"  # SmolLM2-Instruct: its chat template

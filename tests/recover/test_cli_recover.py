@@ -77,6 +77,27 @@ def test_cli_recover_isodose(saved_pruned, tmp_path):
     assert prunelab.load(out).model.config.per_layer_config is not None
 
 
+def test_cli_recover_honest_isodose(saved_pruned, tmp_path):
+    """--isodose-formula honest: epochs solved on T·(2F + 6P); the JSON names the formula and both costs."""
+    from prunelab.recover.isodose import base_forward_flops_per_token, honest_flops
+
+    js = tmp_path / "r.json"
+    result = runner.invoke(app, ["recover", str(saved_pruned), "-m", "neurosteroid", "--isodose-ref", "ssri:5",
+                                 "--isodose-formula", "honest", "--samples", "4", "--seq-len", "16",
+                                 "-o", str(tmp_path / "o"), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    model = prunelab.load(saved_pruned).model
+    f = base_forward_flops_per_token(model, 16)
+    p_ref, p = (count_trainable_lora_params(model, m) for m in ("ssri", "neurosteroid"))
+    tokens = 4 * 16  # padded: N·L per epoch
+    assert data["isodose_formula"] == "honest" and data["budget"] == honest_flops(f, p_ref, 5 * tokens)
+    assert data["epochs"] == round(data["budget"] / honest_flops(f, p, tokens)) >= 1
+    assert data["honest_flops"] == honest_flops(f, p, data["epochs"] * tokens)
+    assert data["flops"] == train_flops(p, 16, 4, data["epochs"])
+    assert "honest budget" in result.output
+
+
 def test_cli_epochs_override_no_pad(saved_pruned, tmp_path):
     js = tmp_path / "r.json"
     result = runner.invoke(app, ["recover", str(saved_pruned), "-m", "ssri", "--epochs", "1", "--samples", "4",
@@ -99,6 +120,7 @@ def test_cli_epochs_override_no_pad(saved_pruned, tmp_path):
     (["--epochs", "0"], "--epochs must be positive"),
     (["--samples", "0"], "--samples must be"),
     (["-m", "ssri", "--isodose-ref", "ssri:0.1", "--strict", "--samples", "4"], "of one epoch"),
+    (["--isodose-formula", "fair"], "unknown isodose formula 'fair'; known: study, honest"),
 ])
 def test_cli_bad_input(saved_pruned, tmp_path, args, msg):
     out = tmp_path / "o"

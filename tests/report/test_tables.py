@@ -6,6 +6,7 @@ import pytest
 from prunelab.errors import PrunelabError
 from prunelab.experiments.store import Store
 from prunelab.report import build_report
+from prunelab.report.comparisons import NO_DATA
 from prunelab.report.tables import build_tables, fmt, summarize
 from tests.report._synthetic import build
 
@@ -53,16 +54,19 @@ def test_table2_and_3_effects_and_efficiency(db):
     eff = next(r for r in t[3].records if r["model"] == "llama")["efficiency"]
     # efficiency = recovery / (1e14 / 1e15) = 10 × recovery -> 30, 40, 20
     assert eff == {"mean": 30.0, "sd": 10.0, "n": 3}
-    row = next(r for r in t[3].rows if r[0] == "llama")
-    assert row[5] == "1.00e14" and row[7] == "30.00 ± 10.00" and row[3] == "3"
+    row = next(r for r in t[3].text_rows() if r[0] == "llama")
+    # Model, Pruning, Treatment, Equalised, Epochs, Recovery, FLOPs, Honest FLOPs, Efficiency
+    assert row[3] == "study" and row[4] == "3" and row[6] == "1.00e14" and row[7] == "1.00e15"
+    assert row[8] == "+30.00 ± 10.00 ‡"  # old store: the seed summary, marked as having no CI
 
 
 def test_table4_longitudinal(db):
     t, _ = _tables(db)
     t4 = t[4]
-    assert t4.rows[0][1] == "31.0 ± 1.0"  # cycle 0: 30, 31, 32
-    assert t4.rows[1][1] == "25.0 ± 0.0"
-    assert t4.rows[-1] == ["Decline", "12.0 ± 2.0"]  # declines 10, 12, 14
+    rows = t4.text_rows()
+    assert rows[0][1] == "31.0 ± 1.0"  # cycle 0: 30, 31, 32
+    assert rows[1][1] == "25.0 ± 0.0"
+    assert rows[-1] == ["Decline (pp)", "+12.0 ± 2.0 ‡"]  # declines 10, 12, 14
 
 
 def test_table5_ranked_by_sweep_score(db):
@@ -70,10 +74,11 @@ def test_table5_ranked_by_sweep_score(db):
     recs = t[5].records
     assert [r["r"] for r in recs] == [32, 16]
     r32 = recs[0]
-    # recovery 24 − 22? no: seed-0 baseline is 20 -> +4; efficiency 4 / 0.2 = 20; relapse drop 1
+    # seed-0 baseline is 20 -> recovery +4; efficiency 4 / 0.2 = 20; relapse drop 1
     assert r32["recovery"]["mean"] == 4.0 and r32["efficiency"]["mean"] == 20.0 and r32["relapse_drop"]["mean"] == 1.0
     assert r32["sweep_score"] == pytest.approx(0.4 * 4 + 0.1 * 20 - 0.4 * 1 + 4)
-    assert t[5].rows[0][:3] == ["1", "32", "6"]
+    assert t[5].text_rows()[0][:3] == ["1", "32", "6"]
+    assert t[5].text_rows()[1][7] == "\u22125.0 ‡"  # r16 − r32 recovery: −1 − 4 (seed summary, no CI)
 
 
 def test_table6_transfer_delta_vs_primary(db):
@@ -82,7 +87,23 @@ def test_table6_transfer_delta_vs_primary(db):
     assert [r["model"] for r in recs] == ["llama", "gemma"] and recs[0]["primary"]
     assert recs[1]["recovery"] == {"mean": 6.0, "sd": pytest.approx(2 ** 0.5), "n": 2}
     assert recs[1]["delta_vs_primary"] == pytest.approx(3.0)
-    assert t[6].rows[1][-1] == "+3.0"
+    assert t[6].text_rows()[1][-1] == "+3.0 ‡"
+
+
+def test_old_store_says_no_per_item_data(db, tmp_path):
+    build_report(db, tmp_path / "rep", figures=False)
+    md = (tmp_path / "rep" / "tables.md").read_text()
+    assert NO_DATA in md and "[" not in md.split("## Runs")[0].replace("[95 % CI]", "")
+    with open(tmp_path / "rep" / "table2_treatment_effects.csv") as f:
+        rows = list(csv.DictReader(f))
+    llama = next(r for r in rows if r["Model"] == "llama")
+    assert float(llama["Recovery (pp)"]) == 3.0
+    assert llama["Recovery (pp) low"] == llama["Recovery (pp) high"] == llama["Recovery (pp) p"] == ""
+    assert NO_DATA in llama["ci note"]
+    payload = json.loads((tmp_path / "rep" / "tables.json").read_text())
+    t2 = next(t for t in payload["tables"] if t["number"] == 2)
+    ci = t2["records"][0]["recovery_ci"]
+    assert ci["low"] is None and ci["reason"] == NO_DATA
 
 
 def test_empty_tables_are_omitted_not_invented(tmp_path):
@@ -108,7 +129,7 @@ def test_report_files_are_complete_and_consistent(db, tmp_path):
             "table6_transfer.csv", "figures"} <= names
     with open(out / "table2_treatment_effects.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0][:3] == ["Model", "Pruning", "Treatment"] and rows[1][3] == "+3.0 ± 1.0"
+    assert rows[0][:5] == ["Model", "Pruning", "Treatment", "Recovery (pp)", "Recovery (pp) low"] and rows[1][3] == "3"
     payload = json.loads((out / "tables.json").read_text())
     assert [t["number"] for t in payload["tables"]] == [1, 2, 3, 4, 5, 6]
     assert "synthetic numbers" in (out / "tables.md").read_text()

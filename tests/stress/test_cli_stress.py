@@ -58,7 +58,8 @@ def test_chronic_cli_end_to_end_tiny(saved_tiny, tmp_path):
         "--limit", "2", "-o", str(out), "--json", str(js),
     ])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["chronic.csv", "chronic.json", "chronic.md", "chronic.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".prunelab-output.json") == [  # + prunelab.atomic's manifest
+        "chronic.csv", "chronic.json", "chronic.md", "chronic.png"]
     data = json.loads(js.read_text())
     assert [r["cycle"] for r in data["rows"]] == [0, 1, 2]
     for row in data["rows"][1:]:

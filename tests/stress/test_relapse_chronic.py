@@ -123,7 +123,7 @@ def test_chronic_cycle_logic_with_injected_fns(tmp_path):
     assert all(abs(l.sparsity - 0.6) <= 1e-3 for l in measure_sparsity(model))
 
     out = rep.write(tmp_path / "chronic")
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in out.iterdir() if p.name != ".prunelab-output.json")  # + the output manifest
     assert files == ["chronic.csv", "chronic.json", "chronic.md", "chronic.png"]
     assert (out / "chronic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "chronic.json").read_text())

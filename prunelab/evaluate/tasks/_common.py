@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from prunelab.data import MCItem, seeded_sample
 from prunelab.evaluate.loglik import loglikelihood_groups
 from prunelab.evaluate.progress import Counter
-from prunelab.evaluate.registry import TaskResult
+from prunelab.evaluate.registry import ItemOutcome, TaskResult
 
 # results already computed in this evaluate() call (so `composite` reuses arc_easy_gen / lambada_gen)
 _RUN_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("prunelab_eval_cache", default=None)
@@ -28,12 +28,18 @@ def run_cache(results: dict) -> Iterator[None]:
 
 def dependency(name: str, model, tokenizer, limit, seed, batch_size) -> TaskResult:
     """The result of task ``name`` for the same (limit, seed): reused from this run when present."""
+    from prunelab.data import sources
     from prunelab.evaluate.registry import TASKS
 
     cache = _RUN_CACHE.get()
     if cache is not None and name in cache:
         return cache[name]
-    result = TASKS.get(name)(model, tokenizer, limit, seed, batch_size)
+    with sources.tracking() as used:  # which files / HF revisions the task's loaders read
+        result = TASKS.get(name)(model, tokenizer, limit, seed, batch_size)
+    if result.data_source is None:
+        result.data_source = sources.describe(used)
+    if (note := sources.notes(used)) and "note" not in result.details:
+        result.details["note"] = note  # a known difference of the data copy from lm-eval (HellaSwag local)
     if cache is not None:
         cache[name] = result
     return result
@@ -82,7 +88,9 @@ def run_multiple_choice(task: str, items: list[MCItem], model, tokenizer, limit:
     counter = Counter(task, len(chosen))
     scores = loglikelihood_groups(model, tokenizer, [mc_requests(it) for it in chosen], batch_size=batch_size,
                                   progress=counter)
-    acc, acc_norm, preds = [], [], []
+    acc, acc_norm, preds, outcomes = [], [], [], []
+    # each outcome carries the primary metric's verdict (HellaSwag: acc_norm), so its mean is the headline
+    norm = primary == "acc_norm"
     for it, sc in zip(chosen, scores):
         lls = [ll for ll, _ in sc]
         pred = argmax_first(lls)
@@ -90,13 +98,16 @@ def run_multiple_choice(task: str, items: list[MCItem], model, tokenizer, limit:
         acc.append(float(pred == it.answer))
         acc_norm.append(float(pred_norm == it.answer))
         preds.append(pred)
+        outcomes.append(ItemOutcome(it.id, correct=acc_norm[-1] if norm else acc[-1],
+                                    prediction=str(pred_norm if norm else pred), logliks=tuple(lls)))
     n = len(chosen)
     # 100·mean (not 100·sum/n) so the floats are bit-identical to lm-eval's mean converted to percent
     metrics = {"acc": 100.0 * (sum(acc) / n), "acc_norm": 100.0 * (sum(acc_norm) / n),
                "acc_stderr": percent_stderr(acc), "acc_norm_stderr": percent_stderr(acc_norm)}
     return TaskResult(task=task, metrics=metrics, primary=primary, n=n, item_ids=[it.id for it in chosen],
                       seconds=time.perf_counter() - start,
-                      details={"predictions": preds, "loglikelihoods": [[ll for ll, _ in sc] for sc in scores]})
+                      details={"predictions": preds, "loglikelihoods": [[ll for ll, _ in sc] for sc in scores]},
+                      outcomes=outcomes)
 
 
 def simple_task(fn: Callable[[], list[MCItem]], name: str, primary: str = "acc"):

@@ -10,7 +10,7 @@ import time
 
 from prunelab.evaluate.perplexity import perplexity_of_ids, tokenize_text
 from prunelab.evaluate.progress import Counter
-from prunelab.evaluate.registry import TASKS, TaskResult
+from prunelab.evaluate.registry import TASKS, ItemOutcome, TaskResult
 
 SEQ_LEN = 512
 
@@ -21,9 +21,12 @@ def _ppl_task(name: str, text: str, model, tokenizer, limit, batch_size) -> Task
     counter = Counter(name, 1)
     res = perplexity_of_ids(model, ids, seq_len=SEQ_LEN, max_windows=limit, batch_size=max(1, batch_size // 2))
     counter(1)
+    window_ids = [f"{name}-w{i}" for i in range(res.windows)]
     return TaskResult(name, {"ppl": res.perplexity, "nll": res.nll_mean, "tokens": float(res.tokens)}, "ppl",
-                      res.windows, [f"{name}-w{i}" for i in range(res.windows)], time.perf_counter() - start,
-                      {"seq_len": SEQ_LEN, "windows": res.windows})
+                      res.windows, window_ids, time.perf_counter() - start,
+                      {"seq_len": SEQ_LEN, "windows": res.windows},
+                      outcomes=[ItemOutcome(i, nll=v, tokens=t)
+                                for i, v, t in zip(window_ids, res.window_nll, res.window_tokens)])
 
 
 @TASKS.register("wikitext2")

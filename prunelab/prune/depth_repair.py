@@ -1,0 +1,347 @@
+"""Compensation after depth pruning, folded into the remaining weights (no new module; plain ``from_pretrained``).
+
+Removed blocks form contiguous runs ``a … b``. Notation on the calibration tokens (row vectors): ``D`` the *dense*
+model's hidden state leaving the run (input of block ``b+1``, or of the final norm); ``P`` the pruned model's stream.
+
+``linear`` — ReplaceMe (Shopkhoev et al., 2025, "ReplaceMe: network simplification via layer pruning and linear
+transformations", eq. 3–4 with the least-squares solution). Let block ``i = a−1`` be the last kept block before the
+run. Its output is ``h_mid + m`` with ``h_mid = h + attn(·)`` the attention residual stream and ``m = MLP(·)`` its MLP
+output. A matrix ``T ∈ R^{H×H}`` is fitted so that ``h_mid + m T ≈ D``::
+
+    T = argmin  (1/N) Σ ‖h_mid + m T − D‖²  +  λ ‖T − I‖²_F
+      = (MᵀM/N + λI)⁻¹ (Mᵀ(D − H_mid)/N + λI)            (normal equations; ridge toward I = plain removal)
+
+with ``λ = ridge · mean(diag MᵀM/N)`` (default ``ridge=None``: ``2·H/N``, the width repair's auto rule). Merge: the MLP output is ``m = z W_downᵀ + bᵀ`` (``z`` the GLU
+intermediate), so ``m T = z (Tᵀ W_down)ᵀ + (Tᵀ b)ᵀ`` — replacing ``W_down ← Tᵀ W_down`` (and ``b ← Tᵀ b``) is exact,
+adds no parameter and keeps the block's class. Runs are handled in order on the *compensated* stream (the fit of a
+later run sees the earlier runs' maps), with the dense ``D`` as the target. Refused: a run starting at block 0 (no
+kept block before it), and families whose MLP output passes a norm before the residual add (Gemma2's
+``post_feedforward_layernorm``: ``norm(m) T`` cannot be written as a weight of that block).
+
+``scale`` — magnitude compensation in the spirit of Prune&Comp (Chen et al., 2025, "Prune&Comp: Free Lunch for
+Layer-Pruned LLMs via Iterative Pruning with Magnitude Compensation"): removing blocks shrinks the residual stream, so
+the next kept block sees an input of the wrong magnitude relative to what the later blocks add. A scalar
+``α = sqrt(Σ‖D‖² / Σ‖P‖²)`` restores it: the stream ``α P`` is wanted. Every block input goes through an RMSNorm,
+which is scale-invariant (up to its ε), and so is the final norm; hence running with the stream multiplied by ``α``
+equals running unscaled with *every later block's residual contributions divided by α* — ``o_proj`` and
+``down_proj`` weights (and biases) × 1/α (Gemma2, whose contributions pass post-norms ``(1 + w)``: those norms'
+``1 + w`` × 1/α instead). That folded form is what is saved. Several runs compound (the later ``α`` is measured on the
+already compensated stream). A run at the very end has no later block, so ``scale`` leaves it as plain removal.
+
+Cost: one pass of the dense model and one of the pruned model over the calibration set, plus one ``H × H`` solve per
+run for ``linear``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import adapter_for
+from prunelab.models.surgery import remove_layers
+from prunelab.prune.repair import DEFAULT_RIDGE, _out, capture_layer_inputs, effective_ridge
+from prunelab.registry import Registry
+
+COMPENSATIONS: Registry[str] = Registry("depth compensation")
+for _name in ("none", "linear", "scale"):
+    COMPENSATIONS.register(_name, _name)
+
+
+@dataclass
+class RunCompensation:
+    """One run of removed blocks ``first … last`` and its compensation (relative errors ``Σ‖P − D‖² / Σ‖D‖²``)."""
+
+    first: int
+    last: int
+    anchor: int | None
+    error_before: float
+    error_after: float
+    alpha: float | None = None
+
+
+@dataclass
+class CompensationReport:
+    method: str
+    ridge: float | None
+    removed: list[int]
+    tokens: int
+    seconds: float
+    runs: list[RunCompensation] = field(default_factory=list)
+    #: ``linear``: the fitted ``T`` per anchor block (dense numbering), already merged into its ``down_proj``
+    transforms: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+def removed_runs(removed: Iterable[int]) -> list[tuple[int, int]]:
+    """Contiguous runs ``(first, last)`` of sorted block indices."""
+    runs: list[list[int]] = []
+    for i in sorted(set(int(r) for r in removed)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [(a, b) for a, b in runs]
+
+
+def _post_mlp_norm(layer: nn.Module) -> bool:
+    return hasattr(layer, "post_feedforward_layernorm")
+
+
+def check_compensation(model: nn.Module, removed: Iterable[int], method: str, ridge: float | None,
+                       calibration: torch.Tensor | None = None) -> str:
+    """Validate a compensation request before any work (one clear line per refusal)."""
+    COMPENSATIONS.get(method)
+    if method == "none":
+        return method
+    if ridge is not None and (not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0
+                              or ridge == float("inf")):
+        raise PrunelabError(f"ridge must be a finite number ≥ 0, got {ridge!r}")
+    layers = adapter_for(model).layers(model)
+    runs = removed_runs(removed)
+    if method == "linear":
+        if runs and runs[0][0] == 0:
+            raise PrunelabError(f"--compensate linear cannot compensate removed blocks {runs[0][0]}–{runs[0][1]}: the "
+                                f"run starts at block 0, so no kept block precedes it (use --compensate scale)")
+        if _post_mlp_norm(layers[0]):
+            raise PrunelabError(f"--compensate linear cannot merge into {adapter_for(model).family}: its MLP output "
+                                f"passes post_feedforward_layernorm before the residual add (use --compensate scale)")
+    if calibration is None:
+        raise PrunelabError(f"--compensate {method} needs calibration tokens")
+    hidden = model.config.hidden_size
+    if method == "linear" and calibration.numel() < hidden:
+        raise PrunelabError(f"--compensate linear needs at least {hidden} calibration tokens (the hidden size), got "
+                            f"{calibration.numel()} ({calibration.shape[0]}×{calibration.shape[1]})")
+    return method
+
+
+def _scale_contributions(adapter, layer: nn.Module, factor: float) -> None:
+    """Divide a block's residual contributions by ``factor`` (see module docstring)."""
+    if _post_mlp_norm(layer):  # Gemma2: h + post_norm(attn) + post_norm(mlp), post norms multiply by (1 + w)
+        for norm in (layer.post_attention_layernorm, layer.post_feedforward_layernorm):
+            norm.weight.copy_((1.0 + norm.weight.double()) / factor - 1.0)
+        return
+    for name in ("o", "down"):
+        lin = adapter.module(layer, name)
+        lin.weight.div_(factor)
+        if lin.bias is not None:
+            lin.bias.div_(factor)
+
+
+def _rel(diff_sq: float, ref_sq: float) -> float:
+    return diff_sq / ref_sq if ref_sq > 0 else 0.0
+
+
+def compensate_and_remove(model: nn.Module, removed: Iterable[int], calibration: torch.Tensor, method: str = "linear",
+                          ridge: float | None = DEFAULT_RIDGE, *, batch_size: int = 8,
+                          progress: bool = True) -> CompensationReport:
+    """Fit the compensation of ``method`` for removing ``removed`` (see module docstring), fold it into the kept
+    weights and remove the blocks, in place. ``method="none"`` is plain :func:`remove_layers`."""
+    start = time.perf_counter()
+    report = fold_compensation(model, removed, calibration, method, ridge, batch_size=batch_size, progress=progress)
+    remove_layers(model, report.removed)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+@torch.no_grad()
+def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: torch.Tensor, method: str = "linear",
+                      ridge: float | None = DEFAULT_RIDGE, *, batch_size: int = 8,
+                      progress: bool = True) -> CompensationReport:
+    """:func:`compensate_and_remove` without the removal: the kept blocks' weights are compensated in place, the
+    blocks ``removed`` are still there (the compensated model is run with them skipped)."""
+    start = time.perf_counter()
+    removed = sorted(set(int(r) for r in removed))
+    adapter = adapter_for(model)
+    layers = list(adapter.layers(model))
+    n = len(layers)
+    if any(i < 0 or i >= n for i in removed):
+        raise PrunelabError(f"block index out of range [0, {n})")
+    check_compensation(model, removed, method, ridge, calibration)
+    report = CompensationReport(method=method, ridge=None if ridge is None else float(ridge), removed=removed,
+                                tokens=0 if calibration is None else int(calibration.numel()), seconds=0.0)
+    if method == "none":
+        report.seconds = time.perf_counter() - start
+        return report
+    was_training = model.training
+    model.eval()
+    runs = removed_runs(removed)
+    run_end = {b: (a, b) for a, b in runs}
+    anchors = {a - 1: (a, b) for a, b in runs if a > 0}
+    drop = set(removed)
+    mlp_path = adapter.proj_names["down"].rsplit(".", 1)[0]
+    states, kwargs = capture_layer_inputs(model, calibration, batch_size)
+    dense = list(states)
+    pruned = list(states)
+    pending: dict | None = None  # linear: the anchor block's (h_mid, m) per batch, until the run's end
+    scale = 1.0  # scale: the emulated stream is scale · pruned
+    from rich.progress import Progress
+
+    try:
+        with Progress(transient=True, disable=not progress) as prog:
+            task = prog.add_task(f"compensate ({method})", total=n)
+            for i in range(n):
+                layer = layers[i]
+                if i not in drop:
+                    if method == "linear" and i in anchors:
+                        mlp_out: list[torch.Tensor] = []
+                        handle = layer.get_submodule(mlp_path).register_forward_hook(
+                            lambda mod, args, out: mlp_out.append(out))
+                        try:
+                            outs = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
+                        finally:
+                            handle.remove()
+                        pending = {"anchor": i, "m": mlp_out, "mid": [o - m for o, m in zip(outs, mlp_out)]}
+                        pruned = outs
+                    else:
+                        pruned = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
+                dense = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(dense)]
+                if not all(torch.isfinite(h).all() for h in dense + pruned):
+                    raise PrunelabError(f"hidden states after block {i} are not finite (NaN/inf): cannot compensate")
+                if i in run_end:
+                    a, b = run_end[i]
+                    ref = sum(float(d.double().pow(2).sum()) for d in dense)
+                    if method == "linear":
+                        report.runs.append(_fit_linear(adapter, layers, pending, dense, ridge, report, a, b, ref))
+                        anchor = pending["anchor"]
+                        t = report.transforms[anchor].to(pruned[0].dtype)
+                        pruned = [mid + m @ t for mid, m in zip(pending["mid"], pending["m"])]
+                        pending = None
+                    else:
+                        before = sum(float((scale * p - d).double().pow(2).sum()) for p, d in zip(pruned, dense))
+                        num = sum(float(d.double().pow(2).sum()) for d in dense)
+                        den = sum(float((scale * p).double().pow(2).sum()) for p in pruned)
+                        alpha = (num / den) ** 0.5 if den > 0 else 1.0
+                        later = [j for j in range(b + 1, n) if j not in drop]
+                        if later:
+                            scale *= alpha
+                            for j in later:
+                                _scale_contributions(adapter, layers[j], alpha)
+                        else:
+                            alpha = 1.0  # the final norm is scale-invariant: nothing to fold into
+                        after = sum(float((scale * p - d).double().pow(2).sum()) for p, d in zip(pruned, dense))
+                        report.runs.append(RunCompensation(first=a, last=b, anchor=None, alpha=alpha,
+                                                           error_before=_rel(before, ref), error_after=_rel(after, ref)))
+                prog.advance(task)
+    finally:
+        model.train(was_training)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _fit_linear(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge: float | None,
+                report: CompensationReport, a: int, b: int, ref: float) -> RunCompensation:
+    """Solve the ridge system for ``T`` and merge it into the anchor's ``down_proj`` (module docstring)."""
+    anchor = pending["anchor"]
+    hidden = dense[0].shape[-1]
+    mm = torch.zeros(hidden, hidden, dtype=torch.float64)
+    md = torch.zeros(hidden, hidden, dtype=torch.float64)
+    count = 0
+    before = 0.0
+    for m, mid, d in zip(pending["m"], pending["mid"], dense):
+        m64 = m.reshape(-1, hidden).double().cpu()
+        r64 = (d - mid).reshape(-1, hidden).double().cpu()
+        mm.addmm_(m64.T, m64)
+        md.addmm_(m64.T, r64)
+        before += float((m64 - r64).pow(2).sum())
+        count += m64.shape[0]
+    mm /= count
+    md /= count
+    lam = effective_ridge(ridge, hidden, count) * float(torch.diagonal(mm).mean())
+    eye = torch.eye(hidden, dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(mm + lam * eye)
+    if int(info) != 0:
+        raise PrunelabError(f"the MLP-output Gram matrix of block {anchor} is singular: use a ridge > 0")
+    t = torch.cholesky_solve(md + lam * eye, chol)
+    if not torch.isfinite(t).all():
+        raise PrunelabError(f"the linear map for blocks {a}–{b} is not finite: use a larger ridge")
+    after = sum(float((m.reshape(-1, hidden).double().cpu() @ t - (d - mid).reshape(-1, hidden).double().cpu())
+                      .pow(2).sum()) for m, mid, d in zip(pending["m"], pending["mid"], dense))
+    down = adapter.module(layers[anchor], "down")
+    tt = t.T.to(down.weight.device)
+    down.weight.copy_((tt @ down.weight.double()).to(down.weight.dtype))
+    if down.bias is not None:
+        down.bias.copy_((tt @ down.bias.double()).to(down.bias.dtype))
+    report.transforms[anchor] = t.to(torch.float32)
+    return RunCompensation(first=a, last=b, anchor=anchor, error_before=_rel(before, ref), error_after=_rel(after, ref))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# search with compensation applied to every candidate
+# ----------------------------------------------------------------------------------------------------------
+#: searches that only compare candidates by value (others model the objective and would need a finite one everywhere)
+COMPENSATED_SEARCHES = ("one-shot", "greedy", "beam")
+
+
+class CompensatedEvaluator:
+    """``ev(S)``: the objective of the model with blocks ``S`` removed *and compensated* by ``method``.
+
+    For :func:`prunelab.prune.depth.search_blocks` ``(..., compensate=...)``. Each new candidate snapshots the weights
+    the compensation touches, folds the compensation (:func:`fold_compensation`: one dense and one pruned pass over
+    the calibration tokens), evaluates the objective with ``S`` skipped (one more pass) and restores the weights —
+    about 2.5× the block passes of an uncached evaluation and none of :class:`BlockEvaluator`'s prefix caching, so a
+    greedy search costs ~ ``k·n`` such evaluations. Sets ``linear`` cannot compensate (a run starting at block 0)
+    score ``+inf``, so the search never picks one.
+    """
+
+    def __init__(self, model: nn.Module, objective, calibration: torch.Tensor, method: str, ridge: float | None,
+                 batch_size: int = 8, on_evaluate=None) -> None:
+        self.model = model
+        self.objective = objective
+        self.calibration = calibration
+        self.method = method
+        self.ridge = ridge
+        self.batch_size = batch_size
+        self.on_evaluate = on_evaluate
+        self.adapter = adapter_for(model)
+        self.n_blocks = len(self.adapter.layers(model))
+        self.memo: dict[frozenset[int], float] = {}
+        self.notes: dict[str, object] = {"compensate": method}
+        self.requests = self.blocks_run = self.cache_hits = self.screened = 0
+
+    @property
+    def candidates(self) -> int:
+        return len(self.memo)
+
+    def _touched(self) -> list[torch.Tensor]:
+        out = []
+        for layer in self.adapter.layers(self.model):
+            mods = ([layer.post_attention_layernorm, layer.post_feedforward_layernorm] if _post_mlp_norm(layer)
+                    else [self.adapter.module(layer, "o"), self.adapter.module(layer, "down")])
+            for mod in mods:
+                out += [p for p in (mod.weight, getattr(mod, "bias", None)) if p is not None]
+        return out
+
+    @torch.no_grad()
+    def __call__(self, removed: Iterable[int]) -> float:
+        from prunelab.prune.depth_eval import blocks_removed
+
+        s = frozenset(int(i) for i in removed)
+        self.requests += 1
+        if s in self.memo:
+            self.cache_hits += 1
+            return self.memo[s]
+        if self.method == "linear" and 0 in s:
+            value = float("inf")
+        else:
+            params = self._touched()
+            saved = [p.detach().clone() for p in params]
+            try:
+                fold_compensation(self.model, sorted(s), self.calibration, self.method, self.ridge,
+                                  batch_size=self.batch_size, progress=False)
+                dec = self.adapter.decoder(self.model)
+                with blocks_removed(self.model, s):
+                    normed = [dec(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+                              .last_hidden_state for b in self.objective.batches]
+                value = float(self.objective.reduce(self.model, normed))
+            finally:
+                for p, v in zip(params, saved):
+                    p.copy_(v)
+            self.blocks_run += 3 * self.n_blocks - 2 * len(s)
+        self.memo[s] = value
+        if self.on_evaluate:
+            self.on_evaluate(len(self.memo))
+        return value

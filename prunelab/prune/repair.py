@@ -1,0 +1,421 @@
+"""Repair without retraining after width pruning: FLAP bias compensation and ridge least-squares refits.
+
+Setting (one pruned projection of one decoder layer). The dense projection maps its input ``z ∈ R^I`` (the GLU
+intermediate ``act(gate·x) ⊙ (up·x)`` for ``down_proj``; the concatenated head outputs for ``o_proj``) to
+``y = W z + b₀`` with ``W = [W_K W_R]`` split into kept columns K and removed columns R. Pruning keeps
+``ŷ = W_K z_K + b₀``. Over the N calibration tokens let ``μ = (1/N) Σ z``, ``M = (1/N) Σ z zᵀ`` (second moment) and
+``C = M − μμᵀ`` (covariance), all accumulated in float64. The methods (:data:`REPAIRS`):
+
+* ``bias`` — FLAP (An et al., 2024, "Fluctuation-based Adaptive Structured Pruning", eq. 6 bias compensation): the
+  removed channels' mean contribution is folded into the bias, ``b' = b₀ + W_R μ_R`` (``W_K`` unchanged). It is the
+  least-squares optimal intercept for fixed ``W_K``.
+* ``ls`` — ridge least-squares re-fit of the kept columns (the reconstruction objective of SlimGPT / Olica / GRAIL)::
+
+      W' = argmin  (1/N) Σ ‖W z − W' z_K‖²  +  λ ‖W' − W_K‖²_F
+         = W_K + W_R M_RK (M_KK + λ I)⁻¹                                           (normal equations)
+
+  The ridge pulls toward the pruned weights ``W_K`` instead of toward 0, so (i) with nothing removed (R = ∅) the
+  result is exactly ``W_K``, (ii) λ → ∞ is plain pruning, and (iii) the calibration reconstruction error after the
+  refit is never above the unrepaired one (``W_K`` is a feasible point with zero penalty). One Cholesky
+  factorisation + solve per layer (``torch.linalg.cholesky`` / ``cholesky_solve``).
+* ``ls+bias`` — the same with an intercept (ordinary ridge regression on centred data)::
+
+      W' = W_K + W_R C_RK (C_KK + λ I)⁻¹,      b' = b₀ + W μ − W' μ_K
+
+  which reduces to ``bias`` as λ → ∞, so its error is ≤ that of ``bias`` and of ``ls``.
+
+``λ = ridge · mean(diag M_KK)`` (``C_KK`` for ``ls+bias``): ``ridge`` is relative, scale-free. The default
+(``ridge=None``, "auto") is ``ridge = 2·|K| / N`` — the textbook ridge scaling (optimal λ ∝ parameters / samples),
+with the constant measured on SmolLM2-135M (40 % maw_hybrid MLP pruning, layers 2/10/18/26, reconstruction error on
+2048 *held-out* LAMBADA tokens): at N = 2048 calibration tokens (|K| = 922) the held-out optimum is ridge ≈ 1
+(e.g. layer 10: none 0.107, ridge 0.01 → 0.129 (over-fitted, worse than none), 0.1 → 0.095, 1 → 0.086, 10 → 0.097),
+at N = 16384 it is ≈ 0.1 (layer 10: 0.01 → 0.073, 0.1 → 0.072, 1 → 0.079); ``2·|K|/N`` gives 0.9 and 0.11. A
+fixed small damping (SparseGPT's 1 %) over-fits small calibration sets. Without a ridge (``ridge=0``) the system is
+singular unless ``N ≥ |K|``, so ``ls`` refuses calibration sets with fewer tokens than the largest kept width (the
+minimum is named in the error).
+
+Sequential, layer by layer: each layer's statistics are taken on the hidden states produced by the *already pruned
+and repaired* layers before it (as SparseGPT / SlimGPT do), and the target is the *dense* layer applied to that same
+input, so later layers re-fit to what they will really see and errors do not compound unnoticed. Within a layer the
+attention (``o_proj``, kept head columns) is repaired first, then the MLP's statistics are taken behind the repaired
+attention. Cost: three block passes over the calibration set per layer (two when no heads are pruned).
+
+Memory and time: per repaired projection one ``I × I`` float64 Gram matrix — 1536² · 8 B = 19 MB for SmolLM2, but
+14336² · 8 B = 1.6 GB for an 8B Llama (plus ~0.6 GB for the Cholesky factor of the kept block at 40 %); building it
+costs ``N · I²`` float64 multiply-adds per layer (≈ 0.45 s per 2048 tokens for I = 1536 on 2 CPU cores). The
+calibration tokens stream through in batches, so activations never exceed one batch × I; only one layer's Gram
+matrix exists at a time.
+
+Bias storage is HF-native: ``config.mlp_bias`` / ``config.attention_bias`` (Llama: both; Gemma2: attention only) make
+``from_pretrained`` build the biases. HF's switches add biases to *all* the projections they cover (gate/up/down, or
+q/k/v/o); the ones the repair does not need are zero. A family without a switch for the needed bias (Qwen2, Mistral,
+Phi3 in transformers 5; Gemma2's MLP) is refused with one line — use ``ls`` there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import adapter_for
+from prunelab.registry import Registry
+
+#: None = "auto": relative ridge ``AUTO_RIDGE · |K| / N`` (module docstring: measured on held-out tokens)
+DEFAULT_RIDGE = None
+AUTO_RIDGE = 2.0
+
+
+def effective_ridge(ridge: float | None, width: int, tokens: int) -> float:
+    """The relative ridge actually used: ``ridge``, or for None ``AUTO_RIDGE · width / tokens``."""
+    return AUTO_RIDGE * width / max(tokens, 1) if ridge is None else float(ridge)
+
+
+@dataclass(frozen=True)
+class RepairMethod:
+    """A width repair: whether it re-fits the kept columns (``ls``) and/or adds a compensating bias."""
+
+    name: str
+    ls: bool
+    bias: bool
+
+    @property
+    def active(self) -> bool:
+        return self.ls or self.bias
+
+
+REPAIRS: Registry[RepairMethod] = Registry("repair method")
+for _m in (RepairMethod("none", False, False), RepairMethod("bias", False, True), RepairMethod("ls", True, False),
+           RepairMethod("ls+bias", True, True)):
+    REPAIRS.register(_m.name, _m)
+
+
+@dataclass
+class ProjectionRepair:
+    """One repaired projection: relative calibration reconstruction errors ``E/‖y − b₀‖²`` before and after."""
+
+    layer: int
+    projection: str  # "down" or "o"
+    width: int
+    kept: int
+    error_before: float
+    error_after: float
+    ridge_abs: float
+
+
+@dataclass
+class RepairReport:
+    method: str
+    ridge: float | None  # None: auto (per projection: ``ProjectionRepair.ridge_abs``)
+    tokens: int
+    seconds: float
+    projections: list[ProjectionRepair] = field(default_factory=list)
+
+    @property
+    def mean_error_before(self) -> float:
+        return sum(p.error_before for p in self.projections) / max(len(self.projections), 1)
+
+    @property
+    def mean_error_after(self) -> float:
+        return sum(p.error_after for p in self.projections) / max(len(self.projections), 1)
+
+
+@dataclass
+class LayerPlan:
+    """What pruning keeps of one layer, in the *dense* layer's numbering (None = that part is not pruned)."""
+
+    neurons: list[int] | None = None
+    heads: list[int] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation (before any work)
+# ----------------------------------------------------------------------------------------------------------
+def bias_support(model: nn.Module) -> tuple[bool, bool]:
+    """Whether the family can *save* a ``down_proj`` / ``o_proj`` bias HF-natively (config switch or already there).
+
+    Decided by building one decoder layer on the meta device with ``mlp_bias`` / ``attention_bias`` switched on, so
+    it follows the installed transformers' modeling code rather than a hand-kept list.
+    """
+    from prunelab.models.surgery import layer_config, layer_shapes
+
+    adapter = adapter_for(model)
+    layer = adapter.layers(model)[0]
+    cfg = layer_config(model.config, layer_shapes(model)[0])
+    object.__setattr__(cfg, "mlp_bias", True)
+    object.__setattr__(cfg, "attention_bias", True)
+    with torch.device("meta"):
+        probe = type(layer)(cfg, 0)
+    return adapter.module(probe, "down").bias is not None, adapter.module(probe, "o").bias is not None
+
+
+def check_repair(model: nn.Module, method: str, ridge: float | None, calibration: torch.Tensor | None,
+                 prunes_mlp: bool, prunes_heads: bool, max_kept: int | None = None) -> RepairMethod:
+    """Validate a repair request; returns the method. ``max_kept``: largest kept width of a re-fitted projection."""
+    m = REPAIRS.get(method)
+    if not m.active:
+        return m
+    if ridge is not None and (not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0
+                              or ridge == float("inf")):
+        raise PrunelabError(f"ridge must be a finite number ≥ 0, got {ridge!r}")
+    if calibration is None:
+        raise PrunelabError(f"--repair {method} needs calibration data (pass a tokenizer or a calibration batch)")
+    if m.bias:
+        mlp_ok, attn_ok = bias_support(model)
+        family = adapter_for(model).family
+        if prunes_mlp and not mlp_ok:
+            raise PrunelabError(f"--repair {method} needs a down_proj bias, which {family} models cannot save "
+                                f"(their HF config has no mlp_bias switch); use --repair ls")
+        if prunes_heads and not attn_ok:
+            raise PrunelabError(f"--repair {method} needs an o_proj bias, which {family} models cannot save "
+                                f"(their HF config has no attention_bias switch); use --repair ls")
+    if m.ls and max_kept is not None:
+        tokens = calibration.numel()
+        if tokens < max_kept:
+            raise PrunelabError(
+                f"--repair {method} needs at least {max_kept} calibration tokens (the largest kept layer width), got "
+                f"{tokens} ({calibration.shape[0]}×{calibration.shape[1]}); use more or longer calibration samples")
+    return m
+
+
+# ----------------------------------------------------------------------------------------------------------
+# statistics and the closed-form solutions
+# ----------------------------------------------------------------------------------------------------------
+class GramAccumulator:
+    """``Σ z``, ``Σ z zᵀ`` and N over calibration tokens, in float64 (one ``[tokens, I]`` batch at a time)."""
+
+    def __init__(self, width: int, where: str, device: torch.device) -> None:
+        self.sum = torch.zeros(width, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.n = 0
+        self.where = where
+
+    def add(self, z: torch.Tensor) -> None:
+        z = z.detach().reshape(-1, z.shape[-1]).to(torch.float64)
+        if not torch.isfinite(z).all():
+            raise PrunelabError(f"calibration activations at {self.where} are not finite (NaN/inf): cannot repair")
+        self.sum += z.sum(0)
+        self.gram.addmm_(z.T, z)
+        self.n += z.shape[0]
+
+
+def solve_repair(w: torch.Tensor, b0: torch.Tensor | None, acc: GramAccumulator, keep: torch.Tensor,
+                 method: RepairMethod, ridge: float | None) -> tuple[torch.Tensor, torch.Tensor | None, ProjectionRepair]:
+    """New kept weight ``W' [H, |K|]`` and bias (None when the method adds none) — see the module docstring."""
+    width = w.shape[1]
+    removed = torch.tensor(sorted(set(range(width)) - set(keep.tolist())), dtype=torch.long)
+    w64 = w.detach().to(torch.float64)
+    wk, wr = w64[:, keep], w64[:, removed]
+    mu = acc.sum / acc.n
+    second = acc.gram / acc.n
+    stat = second - torch.outer(mu, mu) if method.bias else second
+    lam = 0.0
+    w_new = wk
+    if method.ls and removed.numel():
+        skk = stat[keep][:, keep]
+        lam = effective_ridge(ridge, int(keep.numel()), acc.n) * float(torch.diagonal(skk).mean())
+        a = skk + lam * torch.eye(skk.shape[0], dtype=torch.float64, device=skk.device)
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) != 0:
+            raise PrunelabError(f"the calibration Gram matrix of {acc.where} is singular: use a ridge > 0 or more "
+                                f"calibration tokens")
+        rhs = stat[keep][:, removed] @ wr.T  # [K, H]
+        w_new = wk + torch.cholesky_solve(rhs, chol).T
+    shift = None
+    if method.bias:
+        # the optimal intercept for the chosen W': b' − b₀ = W μ − W' μ_K  (= W_R μ_R for FLAP, where W' = W_K)
+        shift = w64 @ mu - w_new @ mu[keep]
+    if not torch.isfinite(w_new).all() or (shift is not None and not torch.isfinite(shift).all()):
+        raise PrunelabError(f"the repair of {acc.where} is not finite (NaN/inf): use a larger ridge")
+
+    def error(wp: torch.Tensor, bp: torch.Tensor | None) -> float:
+        # (1/N) Σ ‖W z − (W'_full z + s)‖² from the moments, with W'_full zero on the removed columns
+        d = w64.clone()
+        d[:, keep] -= wp
+        s = torch.zeros(w.shape[0], dtype=torch.float64, device=d.device) if bp is None else bp
+        return float(torch.einsum("hi,ij,hj->", d, second, d) - 2 * (d @ mu) @ s + s @ s)
+
+    scale = float(torch.einsum("hi,ij,hj->", w64, second, w64)) or 1.0
+    report = ProjectionRepair(layer=-1, projection="", width=width, kept=int(keep.numel()),
+                              error_before=error(wk, None) / scale, error_after=max(error(w_new, shift), 0.0) / scale,
+                              ridge_abs=lam)
+    bias = None
+    if method.bias:
+        bias = shift if b0 is None else b0.detach().to(torch.float64) + shift
+    return w_new, bias, report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bias storage (HF-native config switches)
+# ----------------------------------------------------------------------------------------------------------
+def enable_biases(model: nn.Module, mlp: bool, attention: bool) -> None:
+    """Switch on ``config.mlp_bias`` / ``config.attention_bias`` and rebuild every layer with zero new biases."""
+    from prunelab.models.surgery import build_layer, layer_shapes
+
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    needed = [name for name, on in (("down", mlp), ("o", attention)) if on]
+    if all(adapter.module(layer, n).bias is not None for layer in layers for n in needed):
+        return
+    if mlp:
+        model.config.__dict__["mlp_bias"] = True
+    if attention:
+        model.config.__dict__["attention_bias"] = True
+    shapes = layer_shapes(model)
+    for i, layer in enumerate(layers):
+        new = build_layer(model, i, shapes[i], template=layer)
+        missing, unexpected = new.load_state_dict(layer.state_dict(), strict=False)
+        if unexpected or any(not k.endswith(".bias") for k in missing):
+            raise AssertionError(f"bias rebuild of layer {i}: missing {missing}, unexpected {unexpected}")  # a bug
+        with torch.no_grad():
+            for key in missing:
+                new.get_parameter(key).zero_()
+        new.train(layer.training)
+        layers[i] = new
+
+
+# ----------------------------------------------------------------------------------------------------------
+# calibration inputs of every layer
+# ----------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, calibration: torch.Tensor,
+                         batch_size: int) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """Block-0 input per batch and the exact keyword arguments the model passes each layer (rotary embeddings,
+    per-layer-type masks), captured with forward pre-hooks during one forward, as :class:`BlockEvaluator` does."""
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    device = next(model.parameters()).device
+    current: dict[int, tuple] = {}
+
+    def hook(idx):
+        def pre(module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            current[idx] = (h, {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+        return pre
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    states, kwargs = [], []
+    try:
+        for start in range(0, calibration.shape[0], batch_size):
+            current.clear()
+            adapter.decoder(model)(input_ids=calibration[start : start + batch_size].to(device), use_cache=False)
+            states.append(current[0][0])
+            kwargs.append([current[i][1] for i in range(len(layers))])
+    finally:
+        for h in handles:
+            h.remove()
+    for h in states:
+        if not torch.isfinite(h).all():
+            raise PrunelabError("calibration embeddings are not finite (NaN/inf): cannot repair")
+    return states, kwargs
+
+
+def _out(result) -> torch.Tensor:
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _head_columns(heads: Sequence[int], head_dim: int) -> torch.Tensor:
+    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the sequential repair
+# ----------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def repair_width(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    plans: Sequence[LayerPlan],
+    prepare: Callable[[int], nn.Module],
+    method: str = "ls",
+    ridge: float | None = DEFAULT_RIDGE,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> RepairReport:
+    """Prune-and-repair every layer in order (see module docstring); returns the per-projection errors.
+
+    ``prepare(i)`` is called right before layer ``i`` is repaired: it must leave the model's layer ``i`` pruned as
+    ``plans[i]`` says and return the *dense* layer ``i`` (the module before pruning), whose outputs are the targets.
+    :func:`prunelab.prune.width.prune_width` passes a function doing the surgery there (one dense layer alive at a
+    time); :func:`prunelab.prune.adaptive.adapt_prune` returns copies kept from before its progressive pruning.
+    Call :func:`check_repair` first; with a bias method, :func:`enable_biases` is applied here.
+    """
+    start = time.perf_counter()
+    m = REPAIRS.get(method)
+    adapter = adapter_for(model)
+    was_training = model.training
+    model.eval()
+    if m.bias:
+        enable_biases(model, mlp=any(p.neurons is not None for p in plans), attention=any(p.heads is not None for p in plans))
+    states, kwargs = capture_layer_inputs(model, calibration, batch_size)
+    device = states[0].device
+    report = RepairReport(method=method, ridge=None if ridge is None else float(ridge), tokens=int(calibration.numel()), seconds=0.0)
+    mlp_path = adapter.proj_names["down"].rsplit(".", 1)[0]
+    from rich.progress import Progress
+
+    n = len(plans)
+    try:
+        with Progress(transient=True, disable=not progress) as prog:
+            task = prog.add_task(f"repair ({method})", total=n)
+            for i in range(n):
+                plan = plans[i]
+                dense = prepare(i)
+                layer = adapter.layers(model)[i]
+                if m.active and plan.heads is not None:
+                    lay = adapter.head_layout(dense)
+                    acc = GramAccumulator(lay.num_heads * lay.head_dim, f"layer {i} o_proj", device)
+                    handle = adapter.module(dense, "o").register_forward_pre_hook(lambda mod, args: acc.add(args[0]))
+                    try:
+                        for b, h in enumerate(states):
+                            dense(h, **kwargs[b][i])
+                    finally:
+                        handle.remove()
+                    _apply(adapter.module(dense, "o"), adapter.module(layer, "o"), acc,
+                           _head_columns(plan.heads, lay.head_dim), m, ridge, report, i, "o")
+                if m.active and plan.neurons is not None:
+                    acc = GramAccumulator(adapter.mlp_width(dense), f"layer {i} down_proj", device)
+                    dense_mlp = dense.get_submodule(mlp_path)
+                    inner = adapter.module(dense, "down").register_forward_pre_hook(lambda mod, args: acc.add(args[0]))
+                    # the dense MLP runs on the input the pruned (and attention-repaired) layer really gives its MLP
+                    def run_dense_mlp(mod, args, dense_mlp=dense_mlp):
+                        dense_mlp(args[0])  # its down_proj pre-hook accumulates the full intermediate
+
+                    own_mlp = layer.get_submodule(mlp_path)
+                    outer = (own_mlp.register_forward_pre_hook(run_dense_mlp) if own_mlp is not dense_mlp
+                             else None)  # the same module (nothing removed): its own down_proj hook suffices
+                    try:
+                        for b, h in enumerate(states):
+                            layer(h, **kwargs[b][i])
+                    finally:
+                        inner.remove()
+                        if outer is not None:
+                            outer.remove()
+                    _apply(adapter.module(dense, "down"), adapter.module(layer, "down"), acc,
+                           torch.as_tensor(plan.neurons, dtype=torch.long), m, ridge, report, i, "down")
+                del dense
+                states = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(states)]
+                if not all(torch.isfinite(h).all() for h in states):
+                    raise PrunelabError(f"hidden states after layer {i} are not finite (NaN/inf): cannot repair")
+                done = [p for p in report.projections if p.layer == i]
+                note = ", ".join(f"{p.projection} err {p.error_before:.3g}→{p.error_after:.3g}" for p in done)
+                prog.update(task, advance=1, description=f"repair ({method}) layer {i}/{n} {note}")
+    finally:
+        model.train(was_training)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _apply(dense_lin: nn.Linear, pruned_lin: nn.Linear, acc: GramAccumulator, keep: torch.Tensor,
+           m: RepairMethod, ridge: float | None, report: RepairReport, layer: int, name: str) -> None:
+    w_new, bias, rec = solve_repair(dense_lin.weight, dense_lin.bias, acc, keep, m, ridge)
+    rec.layer, rec.projection = layer, name
+    report.projections.append(rec)
+    pruned_lin.weight.copy_(w_new.to(pruned_lin.weight.dtype))
+    if bias is not None:
+        pruned_lin.bias.copy_(bias.to(pruned_lin.bias.dtype))

@@ -1,0 +1,242 @@
+"""Width repair without retraining (FLAP bias, ridge least squares) on tiny models of every family."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prunelab.cli import app
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import adapter_for
+from prunelab.prune.adaptive import adapt_prune
+from prunelab.prune.repair import (REPAIRS, GramAccumulator, LayerPlan, check_repair, repair_width,
+                                   solve_repair)
+from prunelab.prune.width import prune_width
+from tests.tiny import save_tiny, tiny_model
+
+runner = CliRunner()
+CAL = torch.randint(3, 120, (8, 16), generator=torch.Generator().manual_seed(0))
+X = torch.randint(3, 120, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def _mlp_inputs(model, layer_idx):
+    """The MLP input of ``layer_idx`` on the calibration batch (as the repaired model computes it)."""
+    adapter = adapter_for(model)
+    mlp = adapter.layers(model)[layer_idx].get_submodule(adapter.proj_names["down"].rsplit(".", 1)[0])
+    seen = []
+    h = mlp.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(input_ids=CAL)
+    finally:
+        h.remove()
+    return torch.cat([s.reshape(-1, s.shape[-1]) for s in seen])
+
+
+def _mlp(model, i):
+    adapter = adapter_for(model)
+    return adapter.layers(model)[i].get_submodule(adapter.proj_names["down"].rsplit(".", 1)[0])
+
+
+def test_solve_is_identity_when_nothing_is_removed():
+    torch.manual_seed(0)
+    w = torch.randn(6, 10)
+    acc = GramAccumulator(10, "test", torch.device("cpu"))
+    acc.add(torch.randn(40, 10) * 3 + 1)
+    keep = torch.arange(10)
+    for name in ("ls", "ls+bias", "bias"):
+        w_new, bias, rec = solve_repair(w, None, acc, keep, REPAIRS.get(name), 0.01)
+        assert torch.equal(w_new.float(), w)
+        if bias is not None:
+            assert torch.allclose(bias, torch.zeros(6, dtype=torch.float64), atol=1e-12)
+        assert rec.error_before == pytest.approx(0.0, abs=1e-12) and rec.error_after == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["ls", "bias"])
+def test_repair_with_everything_kept_leaves_logits_unchanged(method):
+    model = tiny_model("llama")
+    ref = copy.deepcopy(model)
+    layers = list(adapter_for(model).layers(model))
+    plans = [LayerPlan(list(range(48)), list(range(4))) for _ in layers]
+    rep = repair_width(model, CAL, plans, lambda i: layers[i], method, progress=False)
+    assert len(rep.projections) == 8
+    with torch.no_grad():
+        assert torch.allclose(model(X).logits, ref(X).logits, atol=1e-5)
+    if method == "bias":
+        down = adapter_for(model).module(adapter_for(model).layers(model)[0], "down")
+        assert down.bias is not None and float(down.bias.detach().abs().max()) < 1e-5
+
+
+def test_reconstruction_error_not_above_unrepaired(family):
+    """The repaired MLP's error against the dense MLP, on the calibration inputs it really sees, is ≤ plain pruning's."""
+    dense = tiny_model(family)
+    kw = dict(criterion="maw", ratio=0.4, heads_ratio=0.5, calibration=CAL, progress=False)
+    methods = ["ls", "ls+bias", "bias"] if family == "llama" else ["ls"]
+    gains = []
+    for method in methods:
+        plain, fixed = copy.deepcopy(dense), copy.deepcopy(dense)
+        prune_width(plain, **kw)
+        rep = prune_width(fixed, repair=method, **kw)
+        assert all(p.error_after <= p.error_before + 1e-9 for p in rep.repair.projections)
+        for i in range(4):
+            x = _mlp_inputs(fixed, i)
+            with torch.no_grad():
+                target = _mlp(dense, i)(x)
+                e_plain = float((_mlp(plain, i)(x) - target).pow(2).sum())
+                e_fixed = float((_mlp(fixed, i)(x) - target).pow(2).sum())
+            assert e_fixed <= e_plain * (1 + 1e-5), (method, i, e_fixed, e_plain)
+            gains.append(e_fixed / e_plain)
+    assert min(gains) < 0.95  # the refit really changes something
+
+
+def test_ls_bias_beats_bias_and_ls_on_calibration():
+    dense = tiny_model("llama")
+    errs = {}
+    for method in ("bias", "ls", "ls+bias"):
+        rep = prune_width(copy.deepcopy(dense), criterion="maw", ratio=0.5, calibration=CAL, repair=method,
+                          progress=False).repair
+        errs[method] = rep.projections[0].error_after  # layer 0 sees the same input in all three
+    assert errs["ls+bias"] <= errs["ls"] + 1e-9 and errs["ls+bias"] <= errs["bias"] + 1e-9
+
+
+def test_bias_model_reloads_with_plain_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import prunelab
+
+    model = tiny_model("llama")
+    rep = prune_width(model, criterion="maw", ratio=0.4, heads_ratio=0.5, calibration=CAL, repair="ls+bias",
+                      progress=False)
+    assert rep.widths_after == [29] * 4
+    prunelab.save(model, None, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["mlp_bias"] is True and cfg["attention_bias"] is True
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    layer = loaded.model.layers[0].requires_grad_(False)
+    assert float(layer.mlp.down_proj.bias.abs().max()) > 0 and float(layer.self_attn.o_proj.bias.abs().max()) > 0
+    assert float(layer.mlp.gate_proj.bias.abs().max()) == 0 and float(layer.self_attn.q_proj.bias.abs().max()) == 0
+    with torch.no_grad():
+        assert torch.equal(loaded(X).logits, model(X).logits)
+
+
+def test_adaptive_repair_reloads_per_layer(tmp_path):
+    import prunelab
+
+    model = tiny_model("llama")
+    plain = copy.deepcopy(model)
+    kw = dict(ratio=0.4, amplitude=0.2, steps=2, calibration=CAL, prune_heads=False, criterion="maw_hybrid",
+              progress=False)
+    adapt_prune(plain, **kw)
+    rep = adapt_prune(model, repair="bias", **kw)
+    assert rep.repair is not None and rep.widths_after == [adapter_for(plain).mlp_width(la)
+                                                           for la in adapter_for(plain).layers(plain)]
+    assert len(set(rep.widths_after)) > 1  # per-layer widths: exercises the per_layer_config reload
+    from tests.tiny import tiny_tokenizer
+
+    prunelab.save(model, tiny_tokenizer(), tmp_path / "a")
+    loaded = prunelab.load(tmp_path / "a", dtype="float32", device="cpu").model
+    with torch.no_grad():
+        assert torch.equal(loaded(X).logits, model(X).logits)
+        assert not torch.allclose(plain(X).logits, model(X).logits)
+
+
+@pytest.mark.parametrize("family_, method", [("qwen2", "bias"), ("phi3", "ls+bias"), ("mistral", "bias")])
+def test_bias_refused_for_families_without_a_switch(family_, method):
+    with pytest.raises(PrunelabError, match="cannot save"):
+        prune_width(tiny_model(family_), criterion="maw", ratio=0.4, calibration=CAL, repair=method, progress=False)
+
+
+def test_refusals_are_validated_before_any_change():
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PrunelabError, match="ridge must be"):
+        prune_width(model, criterion="maw", ratio=0.4, calibration=CAL, repair="ls", ridge=-1.0, progress=False)
+    with pytest.raises(PrunelabError, match="at least 29 calibration tokens"):
+        prune_width(model, criterion="maw", ratio=0.4, calibration=CAL[:1, :8], repair="ls", progress=False)
+    with pytest.raises(PrunelabError, match="unknown repair method"):
+        prune_width(model, criterion="maw", ratio=0.4, calibration=CAL, repair="magic", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert check_repair(model, "none", -1.0, None, True, True) is REPAIRS.get("none")  # nothing to validate
+
+
+@pytest.fixture
+def nan_tiny(tmp_path):
+    import prunelab
+    from tests.tiny import tiny_tokenizer
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].post_attention_layernorm.weight[0] = float("nan")
+    path = tmp_path / "nan"
+    prunelab.save(model, tiny_tokenizer(), path)
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repair", "ls", "--ridge", "-1"], "--ridge must be ≥ 0"),
+    (["--repair", "ls", "--calib-samples", "1", "--calib-seq-len", "8"], "needs at least 29 calibration tokens"),
+    (["--repair", "fix"], "unknown repair method 'fix'"),
+])
+def test_cli_refusals_write_nothing(saved_tiny, tmp_path, text_file_, args, message):
+    out, js = tmp_path / "o", tmp_path / "o.json"
+    result = runner.invoke(app, ["prune", "width", str(saved_tiny), "--ratio", "0.4", "--calibration",
+                                 str(text_file_), "-o", str(out), "--json", str(js), *args])
+    assert isinstance(result.exception, PrunelabError), result.output
+    assert message in str(result.exception)
+    assert not out.exists() and not js.exists()
+
+
+def test_cli_nan_activations_one_line_exit_2(nan_tiny, tmp_path, text_file_):
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-m", "prunelab", "prune", "width", str(nan_tiny), "--ratio", "0.4",
+                           "--repair", "ls", "--calibration", str(text_file_), "--calib-samples", "4",
+                           "--calib-seq-len", "16", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not finite" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_cli_ls_repair_end_to_end(saved_tiny, tmp_path, text_file_):
+    out, js = tmp_path / "o", tmp_path / "o.json"
+    result = runner.invoke(app, ["prune", "width", str(saved_tiny), "--ratio", "0.4", "--repair", "ls", "--ridge",
+                                 "0.05", "--calibration", str(text_file_), "--calib-samples", "4",
+                                 "--calib-seq-len", "16", "-o", str(out), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert "repair ls" in result.stdout
+    data = json.loads(js.read_text())
+    assert data["repair"]["method"] == "ls" and data["repair"]["ridge"] == 0.05
+    assert len(data["repair"]["projections"]) == 4
+
+
+@pytest.fixture
+def text_file_(tmp_path):
+    f = tmp_path / "calib.txt"
+    f.write_text("\n\n".join(f"the quick brown fox number {i} jumps over the lazy dog." for i in range(60)))
+    return f
+
+
+@pytest.fixture
+def saved_tiny(tmp_path):
+    return save_tiny(tmp_path)
+
+
+def test_spec_repair_field_keeps_old_hashes():
+    from pydantic import ValidationError
+
+    from prunelab.experiments.spec import WidthPruning
+
+    plain = WidthPruning(ratio=0.4).model_dump()
+    assert "repair" not in plain and "ridge" not in plain  # specs written before repair existed hash the same
+    fixed = WidthPruning(ratio=0.4, repair="ls", ridge=0.5)
+    assert fixed.model_dump()["repair"] == "ls" and fixed.model_dump()["ridge"] == 0.5 and fixed.name.endswith("+ls")
+    with pytest.raises(ValidationError):
+        WidthPruning(ratio=0.4, repair="magic")
+    with pytest.raises(ValidationError):
+        WidthPruning(ratio=0.4, repair="ls", ridge=-1)

@@ -1,0 +1,160 @@
+"""Depth compensation (ReplaceMe linear map merged into down_proj; Prune&Comp-style scale) on tiny models."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prunelab.cli import app
+from prunelab.errors import PrunelabError
+from prunelab.models.adapters import adapter_for
+from prunelab.models.surgery import remove_layers
+from prunelab.prune.depth_repair import compensate_and_remove, removed_runs
+from tests.tiny import save_tiny, tiny_model, tiny_tokenizer
+
+runner = CliRunner()
+CAL = torch.randint(3, 120, (8, 16), generator=torch.Generator().manual_seed(0))
+X = torch.randint(3, 120, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def test_removed_runs():
+    assert removed_runs([5, 1, 2, 7, 6]) == [(1, 2), (5, 7)]
+    assert removed_runs([]) == []
+
+
+def _explicit(dense, removed, transforms):
+    """Plain removal, then the fitted maps applied explicitly to the anchors' MLP outputs (hooks)."""
+    plain = copy.deepcopy(dense)
+    remove_layers(plain, removed)
+    kept = [i for i in range(len(adapter_for(dense).layers(dense))) if i not in set(removed)]
+    for anchor, t in transforms.items():
+        plain.model.layers[kept.index(anchor)].mlp.register_forward_hook(lambda mod, a, out, t=t: out @ t)
+    return plain
+
+
+@pytest.mark.parametrize("fam", ["llama", "qwen2", "phi3"])
+def test_linear_merge_equals_explicit_map_before_and_after_reload(fam, tmp_path):
+    import prunelab
+    from transformers import AutoModelForCausalLM
+
+    dense = tiny_model(fam, num_hidden_layers=6)
+    model = copy.deepcopy(dense)
+    removed = [2, 3, 5]
+    rep = compensate_and_remove(model, removed, CAL, "linear", progress=False)
+    assert sorted(rep.transforms) == [1, 4] and len(rep.runs) == 2
+    assert all(r.error_after <= r.error_before + 1e-9 for r in rep.runs)
+    assert not torch.allclose(rep.transforms[1], torch.eye(32), atol=1e-3)  # a real map, not the identity
+    explicit = _explicit(dense, removed, rep.transforms)
+    with torch.no_grad():
+        want = explicit(X).logits
+        assert torch.allclose(model(X).logits, want, atol=1e-4)
+        assert not torch.allclose(_explicit(dense, removed, {})(X).logits, want, atol=1e-3)
+    prunelab.save(model, tiny_tokenizer(), tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.num_hidden_layers == 3
+    with torch.no_grad():
+        assert torch.allclose(loaded(X).logits, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("fam", ["llama", "gemma2"])
+def test_scale_fold_equals_scaling_the_stream(fam):
+    dense = tiny_model(fam, num_hidden_layers=6)
+    model = copy.deepcopy(dense)
+    rep = compensate_and_remove(model, [2, 3], CAL, "scale", progress=False)
+    (run,) = rep.runs
+    assert run.alpha is not None and abs(run.alpha - 1) > 1e-3
+    plain = copy.deepcopy(dense)
+    remove_layers(plain, [2, 3])
+    # the stream entering the first block after the run, multiplied by α, then the unmodified rest
+    plain.model.layers[2].register_forward_pre_hook(
+        lambda mod, args, kwargs: ((args[0] * run.alpha,) + args[1:], kwargs) if args else
+        (args, {**kwargs, "hidden_states": kwargs["hidden_states"] * run.alpha}), with_kwargs=True)
+    with torch.no_grad():
+        got, want = model(X).logits, plain(X).logits
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3), (got - want).abs().max()
+
+
+def test_scale_restores_the_magnitude():
+    dense = tiny_model("llama", num_hidden_layers=6)
+    rep = compensate_and_remove(copy.deepcopy(dense), [1, 2, 3], CAL, "scale", progress=False)
+    assert rep.runs[0].alpha > 1.0  # removing blocks shrinks the residual stream on this model
+
+
+def test_refusals():
+    with pytest.raises(PrunelabError, match="starts at block 0"):
+        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [0, 1], CAL, "linear", progress=False)
+    with pytest.raises(PrunelabError, match="post_feedforward_layernorm"):
+        compensate_and_remove(tiny_model("gemma2", num_hidden_layers=6), [2], CAL, "linear", progress=False)
+    with pytest.raises(PrunelabError, match="ridge must be"):
+        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [2], CAL, "linear", ridge=-0.1,
+                              progress=False)
+    with pytest.raises(PrunelabError, match="at least 32 calibration tokens"):
+        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [2], CAL[:1, :8], "linear", progress=False)
+    m = tiny_model("llama", num_hidden_layers=6)
+    with torch.no_grad():
+        m.model.layers[1].post_attention_layernorm.weight[0] = float("nan")
+    with pytest.raises(PrunelabError, match="not finite"):
+        compensate_and_remove(m, [3], CAL, "linear", progress=False)
+
+
+@pytest.fixture
+def saved6(tmp_path):
+    return save_tiny(tmp_path, num_hidden_layers=6)
+
+
+def test_cli_compensate_linear(saved6, tmp_path):
+    out, js = tmp_path / "o", tmp_path / "o.json"
+    result = runner.invoke(app, ["prune", "depth", str(saved6), "-k", "2", "--search", "one-shot", "--compensate",
+                                 "scale", "--calib-samples", "4", "--calib-seq-len", "16", "-o", str(out),
+                                 "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert "compensation scale" in result.stdout
+    data = json.loads(js.read_text())
+    assert data["stats"]["compensation"]["method"] == "scale"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--compensate", "linear", "--ridge", "-1"], "--ridge must be ≥ 0"),
+    (["--compensate", "quadratic"], "unknown depth compensation"),
+])
+def test_cli_compensate_refusals_write_nothing(saved6, tmp_path, args, message):
+    out = tmp_path / "never"
+    with pytest.raises(PrunelabError, match=message):
+        runner.invoke(app, ["prune", "depth", str(saved6), "-k", "1", *args, "-o", str(out)], catch_exceptions=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["linear", "scale"])
+def test_compensated_search_scores_the_compensated_model_and_restores_weights(method):
+    from prunelab.prune.depth import search_blocks
+    from prunelab.prune.depth_eval import BlockEvaluator, PerplexityObjective
+
+    model = tiny_model("llama", num_hidden_layers=6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = search_blocks(model, 2, "perplexity", "greedy", calibration=CAL, compensate=method, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert res.stats["compensate"] == method and (method == "scale" or 0 not in res.removed)
+    work = copy.deepcopy(model)
+    compensate_and_remove(work, res.removed, CAL, method, progress=False)
+    direct = BlockEvaluator(work, PerplexityObjective(CAL), cached=False)([])
+    assert res.objective_value == pytest.approx(direct, rel=1e-5)
+    # k = 1 greedy is exhaustive: the compensated choice is the best *after compensation*, the plain one need not be
+    comp1 = search_blocks(model, 1, "perplexity", "greedy", calibration=CAL, compensate=method, progress=False)
+    plain1 = search_blocks(model, 1, "perplexity", "greedy", calibration=CAL, progress=False)
+    if method == "linear" and 0 in plain1.removed:
+        return  # linear cannot compensate block 0 (the compensated search scores it +inf)
+    work = copy.deepcopy(model)
+    compensate_and_remove(work, plain1.removed, CAL, method, progress=False)
+    assert comp1.objective_value <= BlockEvaluator(work, PerplexityObjective(CAL), cached=False)([]) + 1e-6
+
+
+def test_compensated_search_refusals():
+    from prunelab.prune.depth import search_blocks
+
+    model = tiny_model("llama", num_hidden_layers=6)
+    with pytest.raises(PrunelabError, match="supports one-shot"):
+        search_blocks(model, 2, "perplexity", "bo", calibration=CAL, compensate="scale", progress=False)
