@@ -32,6 +32,7 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationErro
                       model_validator)
 
 from pydantic import model_serializer
+from prunelab.scores import STUDY_COMPOSITE
 from prunelab.errors import PrunelabError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -280,6 +281,9 @@ class EvalSpec(_Strict):
     #: prompt protocol of the generation tasks (prunelab.evaluate.generative_tasks): raw, chat, or auto (chat
     #: when the model's tokenizer has a chat template). Part of every run's config, so it changes the hash.
     protocol: Literal["raw", "chat", "auto"] = "auto"
+    #: the tasks whose mean is ``composite`` (prunelab.scores): the study's generation pair by default; a small
+    #: Instruct model may need the log-likelihood pair (``[arc_easy, lambada]``). Every part must be evaluated.
+    composite: list[str] = Field(default_factory=lambda: list(STUDY_COMPOSITE), min_length=2)
 
     @field_validator("tasks")
     @classmethod
@@ -287,6 +291,15 @@ class EvalSpec(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("tasks must not repeat")
         return v
+
+    @model_validator(mode="after")
+    def _composite_parts_evaluated(self) -> "EvalSpec":
+        # an explicit composite whose parts are not all evaluated would silently never be computed
+        if "composite" in self.model_fields_set:
+            missing = [t for t in self.composite if t not in self.tasks]
+            if missing:
+                raise ValueError(f"eval.composite part(s) {', '.join(missing)} must also be in eval.tasks")
+        return self
 
     @model_validator(mode="after")
     def _limits_known(self) -> "EvalSpec":

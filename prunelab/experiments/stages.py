@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from prunelab.scores import STUDY_COMPOSITE, composite_parts, with_composite
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -94,11 +95,9 @@ class Stages:
     epoch_tokens: Callable[[Any, dict, int], int] = lambda tok, training, seed: real_epoch_tokens(tok, training, seed)
 
 
-def add_composite(scores: dict[str, float]) -> dict[str, float]:
-    """Composite = mean(ARC-Easy gen %, LAMBADA gen %), when both are present."""
-    if "composite" not in scores and "arc_easy_gen" in scores and "lambada_gen" in scores:
-        scores["composite"] = (scores["arc_easy_gen"] + scores["lambada_gen"]) / 2.0
-    return scores
+def add_composite(scores: dict[str, float], parts: tuple[str, ...] = STUDY_COMPOSITE) -> dict[str, float]:
+    """``scores`` with ``composite`` = mean of ``parts`` (:mod:`prunelab.scores`), when every part was scored."""
+    return with_composite(scores, parts)
 
 
 # ------------------------------------------------------------------------------------------ real stages
@@ -269,7 +268,7 @@ def real_evaluate(model: Any, tokenizer: Any, ev: dict, tasks: list[str]) -> Sta
                 deps.setdefault(t, list(res.outcomes))
     for t, items in deps.items():  # a part requested itself (possibly at its own limit) keeps its own items
         outcomes.setdefault(t, items)
-    return StageEval(add_composite(scores), n, outcomes, protocol)
+    return StageEval(add_composite(scores, composite_parts(ev)), n, outcomes, protocol)
 
 
 def real_relapse(model: Any, fraction: float) -> dict:

@@ -23,7 +23,7 @@ from typing import Any
 from prunelab.errors import PrunelabError
 
 #: the composite score's tasks: composite = mean(ARC-Easy gen %, LAMBADA gen %)
-COMPOSITE_TASKS = ("arc_easy_gen", "lambada_gen")
+from prunelab.scores import STUDY_COMPOSITE as COMPOSITE_TASKS  # the default; a report reads its runs' parts
 NO_DATA = "no per-item data, no CI"
 NOT_PAIRED = "different items, not paired: no CI"
 MARK_NO_DATA = "‡"
@@ -205,6 +205,8 @@ class MdeCollector:
 
     seen: dict[str, list[tuple[int, float, float | None]]] = field(default_factory=lambda: defaultdict(list))
     composite: bool = False
+    #: the composite's parts (the runs' ``eval.composite``)
+    parts: tuple[str, ...] = COMPOSITE_TASKS
 
     def add(self, task: str, n: int, acc: float, discordance: float | None) -> None:
         """``acc`` a fraction; ``discordance`` ψ observed between the compared arms (None: binomial bound)."""
@@ -247,9 +249,9 @@ class MdeCollector:
             except PrunelabError:
                 continue
             text.append(f"{task} n = {n}: {_pp(mde)} ({how})")
-        if self.composite and all(t in parts for t in COMPOSITE_TASKS):
+        if self.composite and all(t in parts for t in self.parts):
             try:
-                mde = S.mde_composite([parts[t] for t in COMPOSITE_TASKS])
+                mde = S.mde_composite([parts[t] for t in self.parts])
                 text.append(f"composite: {_pp(mde)}")
             except PrunelabError:
                 pass

@@ -26,6 +26,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunelab.errors import PrunelabError
+from prunelab.scores import composite_parts
 from prunelab.experiments.store import RunRecord
 from prunelab.report import metrics as M
 from prunelab.report.comparisons import (
@@ -227,13 +229,14 @@ class Data:
     baseline_hashes: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
     n_items: dict[str, int] = field(default_factory=dict)           # task -> items evaluated (stored scores)
     outcomes: Outcomes = field(default_factory=Outcomes)
+    composite: tuple[str, ...] = COMPOSITE_TASKS                     # the runs' eval.composite parts
     _cells: dict[Any, DiffCell] = field(default_factory=dict, repr=False)
 
     def base_side(self, g: tuple[str, str]) -> Side:
         return {s: (h, "eval") for s, h in self.baseline_hashes.get(g, {}).items()}
 
     def composite_tasks(self) -> tuple[str, ...]:
-        return COMPOSITE_TASKS
+        return self.composite
 
     def cell(self, x: Side, y: Side, summary: dict[str, Any] | None, tasks: tuple[str, ...] | None = None,
              mde: MdeCollector | None = None) -> DiffCell:
@@ -259,7 +262,9 @@ def collect(runs: list[RunRecord], outcomes: Outcomes | None = None) -> Data:
     n_items: dict[str, int] = {}
     structures: dict[tuple[str, str], dict[str, Any]] = {}
     notes: set[str] = set()
+    parts: set[tuple[str, ...]] = set()
     for rec in runs:
+        parts.add(composite_parts(rec.config.get("eval")))
         g = (rec.model, rec.pruning)
         group_pos[g] = min(group_pos.get(g, rec.position), rec.position)
         if rec.meta and rec.meta.get("description"):
@@ -306,8 +311,11 @@ def collect(runs: list[RunRecord], outcomes: Outcomes | None = None) -> Data:
         tasks = [t for t in tasks if t != "composite"] + ["composite"]
     groups = sorted(group_pos, key=lambda g: group_pos[g])
     arm_list = sorted(arms.values(), key=lambda a: a.position)
+    if len(parts) > 1:  # one report, one meaning of "composite"
+        raise PrunelabError("these runs define the composite differently (" + "; ".join(
+            " + ".join(p) for p in sorted(parts)) + "): report them from separate stores or experiments")
     return Data(dict(baselines), arm_list, groups, descriptions, tasks, structures, sorted(notes),
-                dict(base_hashes), n_items, outcomes or Outcomes())
+                dict(base_hashes), n_items, outcomes or Outcomes(), next(iter(parts), COMPOSITE_TASKS))
 
 
 def _per_seed(arm: Arm, data: Data) -> dict[int, dict[str, float]]:
@@ -408,12 +416,14 @@ def table1(data: Data) -> Table | Omitted:
     if not rows:
         return Omitted(1, title, "no evaluated runs in the store")
     # the MDE between two rows of this table: each treatment vs its untreated model, per evaluated task
-    mde = MdeCollector(composite=True)
+    mde = MdeCollector(composite=True, parts=data.composite_tasks())
     evaluated = tuple(t for t in tasks if t != "composite")
     for a in data.arms:
         if not a.sweep:
             observe(data.outcomes, a.side(), data.base_side((a.model, a.pruning)), evaluated, mde)
-    return Table(1, "post_treatment_accuracy", title, cols, rows, recs, mde=_mde(data, mde, evaluated))
+    notes = ["Composite = mean of " + ", ".join(TASK_LABELS.get(t, t).replace(" (%)", "") for t in data.composite_tasks())
+             + " (the runs' eval.composite)."] if "composite" in tasks else []
+    return Table(1, "post_treatment_accuracy", title, cols, rows, recs, notes=notes, mde=_mde(data, mde, evaluated))
 
 
 def table2(data: Data) -> Table | Omitted:
@@ -421,7 +431,7 @@ def table2(data: Data) -> Table | Omitted:
     multi = _group_cols(data)
     cols = (["Model", "Pruning"] if multi else []) + ["Treatment", "Recovery (pp)", "Relapse Drop (pp)",
                                                       "Net Retained (pp)", "Recovery vs Best (pp)", "Seeds"]
-    mde = MdeCollector(composite=True)
+    mde = MdeCollector(composite=True, parts=data.composite_tasks())
     arms = [a for a in data.arms if not a.sweep]
     eff = {id(a): effects(a, data, mde) for a in arms}
     # the best treatment per (model, pruning): highest mean recovery; the others are compared with it item by item
@@ -481,7 +491,7 @@ def table3(data: Data) -> Table | Omitted:
                                                       "FLOPs 6·P·L·N·E", "Honest FLOPs T·(2F+6P)",
                                                       "Efficiency (Recovery/PetaFLOP)"]
     rows, recs = [], []
-    mde = MdeCollector(composite=True)
+    mde = MdeCollector(composite=True, parts=data.composite_tasks())
     for a in data.arms:
         if a.sweep or not a.flops:
             continue
@@ -601,7 +611,7 @@ def table5(data: Data) -> Table | Omitted:
         return Omitted(5, title, "no rank-sweep runs in the store (rank_sweep not set)")
     multi = len({(a.model, a.pruning) for a in arms}) > 1
     scored, missing = [], []
-    mde = MdeCollector(composite=True)
+    mde = MdeCollector(composite=True, parts=data.composite_tasks())
     for a in arms:
         e = effects(a, data, mde)
         rec, eff, rel = e.recovery.summary, e.efficiency.summary, e.relapse_drop.summary
@@ -659,7 +669,7 @@ def table6(data: Data) -> Table | Omitted:
     cols = (["Mechanism"] if multi_mech else []) + ["Model", "Pruning", "Baseline Composite (%)", "Recovery (pp)",
                                                     "Efficiency (Mean)", "Relapse Drop (pp)", "Delta vs. Primary (pp)"]
     rows, recs = [], []
-    mde = MdeCollector(composite=True)
+    mde = MdeCollector(composite=True, parts=data.composite_tasks())
     groups = []
     for mech, arms in shared.items():
         arms = sorted(arms, key=lambda a: data.groups.index((a.model, a.pruning)))

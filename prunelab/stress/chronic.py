@@ -186,10 +186,10 @@ def default_eval_fn(tasks: Sequence[str], limit: int | None, seed: int, batch_si
 
 
 def with_composite(scores: dict[str, float]) -> dict[str, float]:
-    """``scores`` plus ``composite = mean(arc_easy_gen, lambada_gen)`` when both are present and it is not."""
-    if "composite" not in scores and "arc_easy_gen" in scores and "lambada_gen" in scores:
-        scores = {**scores, "composite": composite(scores["arc_easy_gen"], scores["lambada_gen"])}
-    return scores
+    """``scores`` plus the study's ``composite`` (:func:`prunelab.scores.with_composite`) when both parts ran."""
+    from prunelab.scores import with_composite as _with
+
+    return _with(scores)
 
 
 def default_tune_fn(seq_len: int, seed: int, pad_to_max: bool = True, progress: bool = True) -> TuneFn:

@@ -6,6 +6,7 @@ import time
 
 from prunelab.evaluate.registry import TASKS, TaskResult
 from prunelab.evaluate.tasks._common import dependency
+from prunelab.scores import STUDY_COMPOSITE, composite_score
 
 
 @TASKS.register("composite")
@@ -18,7 +19,7 @@ def composite(model, tokenizer, limit, seed, batch_size) -> TaskResult:
     start = time.perf_counter()
     arc = dependency("arc_easy_gen", model, tokenizer, limit, seed, batch_size)
     lam = dependency("lambada_gen", model, tokenizer, limit, seed, batch_size)
-    value = (arc.metrics["acc"] + lam.metrics["acc"]) / 2.0
+    value = composite_score({"arc_easy_gen": arc.metrics["acc"], "lambada_gen": lam.metrics["acc"]}, STUDY_COMPOSITE)
     return TaskResult("composite", {"composite": value, "arc_easy_gen": arc.metrics["acc"],
                                     "lambada_gen": lam.metrics["acc"]}, "composite", arc.n + lam.n,
                       arc.item_ids + lam.item_ids, time.perf_counter() - start,

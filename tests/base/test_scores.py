@@ -1,0 +1,51 @@
+"""The composite is defined once (prunelab.scores) and the spec, stages and report all read its parts."""
+
+import pytest
+
+from prunelab.errors import PrunelabError
+from prunelab.experiments.spec import parse_spec
+from prunelab.experiments.stages import add_composite
+from prunelab.scores import STUDY_COMPOSITE, composite_parts, composite_score, with_composite
+
+SPEC = {"name": "t", "models": ["smollm2-135m"], "pruning": {"kind": "width", "criterion": "maw", "ratio": 0.4},
+        "mechanisms": ["ketamine"], "isodose": "ketamine:1", "seeds": [0]}
+
+
+def test_composite_is_the_mean_of_its_parts_and_absent_when_a_part_is_missing():
+    assert composite_score({"arc_easy_gen": 30.0, "lambada_gen": 20.0}) == 25.0
+    assert composite_score({"arc_easy": 40.0, "lambada": 31.0}, ("arc_easy", "lambada")) == 35.5
+    assert composite_score({"arc_easy_gen": 30.0}) is None
+    assert with_composite({"arc_easy_gen": 30.0}) == {"arc_easy_gen": 30.0}
+    assert with_composite({"arc_easy": 40.0, "lambada": 30.0}, ("arc_easy", "lambada"))["composite"] == 35.0
+    # a scored composite is never overwritten
+    assert with_composite({"composite": 1.0, "arc_easy_gen": 30.0, "lambada_gen": 20.0})["composite"] == 1.0
+
+
+def test_stage_composite_follows_the_eval_config():
+    scores = {"arc_easy": 40.0, "lambada": 30.0, "arc_easy_gen": 10.0, "lambada_gen": 20.0}
+    assert add_composite(dict(scores))["composite"] == 15.0
+    assert add_composite(dict(scores), composite_parts({"composite": ["arc_easy", "lambada"]}))["composite"] == 35.0
+    assert composite_parts({}) == STUDY_COMPOSITE and composite_parts(None) == STUDY_COMPOSITE
+
+
+def test_spec_composite_defaults_to_the_study_and_refuses_parts_not_evaluated():
+    spec = parse_spec(SPEC)
+    assert tuple(spec.eval.composite) == STUDY_COMPOSITE
+    spec = parse_spec({**SPEC, "eval": {"tasks": ["arc_easy", "lambada"], "composite": ["arc_easy", "lambada"]}})
+    assert spec.eval.composite == ["arc_easy", "lambada"]
+    with pytest.raises(PrunelabError, match="eval.composite part.*lambada.*must also be in eval.tasks"):
+        parse_spec({**SPEC, "eval": {"tasks": ["arc_easy"], "composite": ["arc_easy", "lambada"]}})
+
+
+def test_report_reads_the_composite_parts_of_its_runs(tmp_path):
+    from prunelab.report.tables import collect
+    from tests.report._synthetic import records
+
+    runs = [r for r, _ in records()]
+    assert collect(runs).composite_tasks() == STUDY_COMPOSITE
+    for r in runs:
+        r.config.setdefault("eval", {})["composite"] = ["arc_easy", "lambada"]
+    assert collect(runs).composite_tasks() == ("arc_easy", "lambada")
+    runs[0].config["eval"]["composite"] = ["arc_easy_gen", "lambada_gen"]
+    with pytest.raises(PrunelabError, match="define the composite differently"):
+        collect(runs)
