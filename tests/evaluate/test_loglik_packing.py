@@ -138,3 +138,20 @@ def test_lm_head_runs_only_on_scored_positions(monkeypatch):
 
     n_cont = sum(len(encode_pair(tok, c, x)[1]) for g in groups for c, x in g)
     assert sum(rows) == n_cont
+
+
+@pytest.mark.real_model
+def test_real_model_arc_easy_parity_with_lm_eval():
+    """SmolLM2-135M, ARC-Easy: the packed engine and lm-eval's own task give the same per-item verdicts."""
+    import prunelab
+    from prunelab.evaluate import evaluate
+    from prunelab.evaluate.lmeval_bridge import lmeval_evaluate
+
+    lm = prunelab.load("smollm2-135m")
+    ours = evaluate(lm.model, lm.tokenizer, ["arc_easy"], limit=30, seed=0).results["arc_easy"]
+    theirs = lmeval_evaluate(lm.model, lm.tokenizer, ["arc_easy"], limit=30, seed=0, batch_size=32).results["arc_easy"]
+    assert ours.item_ids == theirs.item_ids
+    assert [o.correct for o in ours.outcomes] == [o.correct for o in theirs.outcomes]
+    assert ours.metrics["acc"] == theirs.metrics["acc"] and ours.metrics["acc_norm"] == theirs.metrics["acc_norm"]
+    for u, v in zip(ours.details["loglikelihoods"], theirs.details["loglikelihoods"]):
+        assert u == pytest.approx(v, abs=1e-3)

@@ -29,10 +29,16 @@ def _hf_logits(model, ids):
 
 
 def _hf_greedy(model, ids, n):
+    """Plain argmax decoding with the KV cache (no ``generate``: its logits processors, e.g. min_new_tokens
+    suppressing EOS, would change the choice llama.cpp's raw argmax is compared with)."""
+    out = []
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+        res = model(torch.tensor([ids]), use_cache=True)
+        for _ in range(n):
+            tok = int(res.logits[0, -1].argmax())
+            out.append(tok)
+            res = model(torch.tensor([[tok]]), past_key_values=res.past_key_values, use_cache=True)
+    return out
 
 
 def _tol(ref: np.ndarray) -> float:
@@ -96,7 +102,7 @@ def test_llama_cpp_tokenizes_like_the_hf_tokenizer(tmp_path):
 # ---------------------------------------------------------------------------------------------- SmolLM2
 def _smollm2(kind: str):
     import prunelab
-    from prunelab.models import prune_attention_heads, prune_mlp_neurons, remove_layers
+    from prunelab.models import remove_layers
 
     lm = prunelab.load("smollm2-135m", dtype="float32")
     model = lm.model
@@ -104,17 +110,12 @@ def _smollm2(kind: str):
         from prunelab.prune.width import prune_width
 
         prune_width(model, criterion="maw", ratio=0.4, progress=False)
-    elif kind == "per-layer":
-        # a deterministic per-layer profile (Adapt-Pruner's shape, mild enough to keep a meaningful perplexity):
-        # every block a different MLP width (largest-norm neurons kept) and, in the upper half, three head
-        # layouts (SmolLM2's early blocks do not survive losing heads)
-        for i, layer in enumerate(model.model.layers):
-            norms = layer.mlp.down_proj.weight.norm(dim=0) * layer.mlp.up_proj.weight.norm(dim=1)
-            prune_mlp_neurons(model, i, norms.argsort(descending=True)[: 1536 - 8 * i].tolist())
-            if i >= 15 and i % 3 == 1:
-                prune_attention_heads(model, i, [0, 1, 3, 4, 6, 7])  # 3 groups of 2 (of 3 × 3)
-            elif i >= 15 and i % 3 == 2:
-                prune_attention_heads(model, i, [3, 4, 5, 6, 7, 8])  # 2 groups of 3
+    elif kind == "adaptive":
+        # real Adapt-Pruner (per-layer widths and heads), sized for a test: 2 steps, 8 × 64 calibration tokens
+        from prunelab.prune.adaptive import adapt_prune
+
+        adapt_prune(model, lm.tokenizer, ratio=0.2, steps=2, calibration_samples=8, calibration_seq_len=64,
+                    progress=False)
     elif kind == "7-blocks":
         remove_layers(model, [3, 8, 13, 17, 21, 24, 27])
     return model, lm.tokenizer
@@ -124,11 +125,11 @@ SMOL_PROMPT = "The capital of France is Paris. The capital of Germany is"
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("kind", ["dense", "maw40", "per-layer", "7-blocks"])
+@pytest.mark.parametrize("kind", ["dense", "maw40", "adaptive", "7-blocks"])
 def test_smollm2_runs_in_llama_cpp_with_the_same_logits_and_tokens(tmp_path, kind):
     model, tok = _smollm2(kind)
     rep = export_gguf(model, tok, tmp_path / "m.gguf")
-    assert rep.architecture == ("deci" if kind == "per-layer" else "llama") and rep.tokenizer_pre == "smollm"
+    assert rep.architecture == ("deci" if kind == "adaptive" else "llama") and rep.tokenizer_pre == "smollm"
     llm = open_gguf(rep.path, n_ctx=128)
     ids = tok.encode(SMOL_PROMPT)
     if kind == "dense":  # the carried-over tokenizer splits text exactly like the HF one
@@ -146,7 +147,7 @@ def test_smollm2_wikitext2_perplexity_agrees_within_one_percent(tmp_path):
     from prunelab.data import load_wikitext2_text
     from prunelab.evaluate.perplexity import perplexity_of_ids as ours, tokenize_text
 
-    model, tok = _smollm2("per-layer")
+    model, tok = _smollm2("adaptive")
     ids = tokenize_text(tok, load_wikitext2_text())
     ref = ours(model, ids, seq_len=256, max_windows=4)
     llm = open_gguf(export_gguf(model, tok, tmp_path / "m.gguf").path, n_ctx=256)
