@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+from prunelab.console import console, err_console  # noqa: F401  (re-exported for the commands)
 
 ModelArg = typer.Argument(..., help="Model: alias (smollm2-135m), local HF dir, .gguf file, or hub id.")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on GPU), float32, float16, bfloat16.")

@@ -99,7 +99,7 @@ def run_on_ray(address: str, spec: ExperimentSpec, queue: ClaimQueue, store: Sto
     """Lease, submit and store every run ``queue`` hands out; returns ``(completed, failures)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from prunelab.cli._common import err_console
+    from prunelab.console import err_console
     from prunelab.experiments.store import RunRecord
 
     ray = ray_module or _import_ray()

@@ -309,7 +309,7 @@ def run_experiment(spec_path: str | Path, db: str | Path, work_dir: str | Path |
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from prunelab.cli._common import err_console
+    from prunelab.console import err_console
 
     t0 = time.perf_counter()
     ttl = lease_ttl if lease_ttl is not None else lease_ttl_from_env()

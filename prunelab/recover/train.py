@@ -228,7 +228,7 @@ def _make_progress(total_steps: int, description: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from transformers import TrainerCallback
 
-    from prunelab.cli._common import err_console
+    from prunelab.console import err_console
 
     class RichProgress(TrainerCallback):
         def __init__(self) -> None:
