@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import prunelab
+from tests.user_files import tree, user_folder
 from prunelab import atomic
 from prunelab.atomic import MANIFEST, atomic_dir, atomic_file, check_output_target, claim_work_dir, write_json
 from prunelab.errors import PrunelabError
@@ -20,18 +21,6 @@ def _no_leftover_approvals():
     yield
     atomic._approved.clear()
     atomic._approved_trees.clear()
-
-
-def user_folder(path: Path) -> Path:
-    (path / "sub").mkdir(parents=True)
-    (path / "notes.txt").write_text("mine")
-    (path / "sub" / "a.txt").write_text("also mine")
-    return path
-
-
-def tree(path: Path) -> dict[str, str]:
-    """Every file under ``path`` with its content (the user's view of a folder)."""
-    return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def siblings(path: Path) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.user_files import tree, user_folder
 from prunelab import atomic
 from prunelab.cli import main
 
@@ -26,17 +27,6 @@ def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
         main(argv)
     err = capsys.readouterr().err
     return exc.value.code, [l for l in err.splitlines() if l.strip()]
-
-
-def user_folder(path: Path) -> Path:
-    (path / "sub").mkdir(parents=True)
-    (path / "notes.txt").write_text("mine")
-    (path / "sub" / "a.txt").write_text("also mine")
-    return path
-
-
-def tree(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 DIR_COMMANDS = {

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.experiments.old_store import OLD_SCHEMA as OLD_STORE_SCHEMA
 from prunelab.errors import PrunelabError
 from prunelab.experiments import Store, expand, load_spec, run_experiment
 from prunelab.experiments.store import SCHEMA_VERSION, Heartbeat
@@ -95,15 +96,7 @@ def test_a_failure_elsewhere_is_reported_in_this_round_and_retried_by_the_next(t
 
 
 # ------------------------------------------------------------------------------------------- schema
-OLD_SCHEMA = """
-CREATE TABLE runs (hash TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT NOT NULL, pruning TEXT NOT NULL,
-    mechanism TEXT, seed INTEGER NOT NULL, config_json TEXT NOT NULL, metrics_json TEXT NOT NULL, flops REAL,
-    timings_json TEXT NOT NULL, versions_json TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL NOT NULL,
-    host TEXT);
-CREATE TABLE memberships (experiment TEXT NOT NULL, hash TEXT NOT NULL, position INTEGER NOT NULL,
-    meta_json TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (experiment, hash));
-CREATE TABLE failures (id INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL, label TEXT, error TEXT NOT NULL,
-    at REAL NOT NULL);
+OLD_SCHEMA = OLD_STORE_SCHEMA + """
 INSERT INTO runs VALUES ('old', 'baseline', 'm', 'p', NULL, 0, '{}', '{"eval": {"scores": {"x": 1.0}}}', NULL,
     '{}', '{}', 1.0, 2.0, 'h');
 INSERT INTO memberships VALUES ('e', 'old', 0, '{}');

@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 import yaml
 
+from tests.experiments.old_store import OLD_SCHEMA
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.registry import ItemOutcome
 from prunelab.experiments import Store, run_experiment
@@ -102,18 +103,6 @@ def test_interrupted_write_leaves_neither(tmp_path, monkeypatch):
     monkeypatch.undo()
     with Store(db) as s:
         assert s.count() == 0 and s.all_outcomes() == {} and s.integrity_ok()
-
-
-OLD_SCHEMA = """
-CREATE TABLE runs (hash TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT NOT NULL, pruning TEXT NOT NULL,
-    mechanism TEXT, seed INTEGER NOT NULL, config_json TEXT NOT NULL, metrics_json TEXT NOT NULL, flops REAL,
-    timings_json TEXT NOT NULL, versions_json TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL NOT NULL,
-    host TEXT);
-CREATE TABLE memberships (experiment TEXT NOT NULL, hash TEXT NOT NULL, position INTEGER NOT NULL,
-    meta_json TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (experiment, hash));
-CREATE TABLE failures (id INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL, label TEXT, error TEXT NOT NULL,
-    at REAL NOT NULL);
-"""
 
 
 def _old_store(db, tmp_path, fake_stages) -> None:
