@@ -84,12 +84,9 @@ def _protected() -> list[tuple[Path, str]]:
         out.append((checkout, "the prunelab checkout"))
     else:
         out.append((pkg, "the prunelab package"))
-    try:
-        from prunelab.data.paths import candidate_roots
+    from prunelab.data_roots import candidate_roots
 
-        out += [(_abs(r), "a data folder") for r in candidate_roots() if r.is_dir()]
-    except Exception:  # pragma: no cover - the data layer is optional for this check; never block on it
-        pass
+    out += [(_abs(r), "a data folder") for r in candidate_roots() if r.is_dir()]
     return out
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from prunelab.experiments.store import Store
-from prunelab.scores import composite_parts
+from prunelab.runs.store import Store
 from prunelab.stats import composite_difference
 
 
@@ -24,7 +23,7 @@ def main(db: str) -> None:
     with Store(db, readonly=True) as store:
         runs = store.runs()
         outs = store.all_outcomes()
-    parts = composite_parts(runs[0].config.get("eval"))
+    parts = runs[0].config.composite_parts
     base = {r.seed: r.hash for r in runs if r.kind == "baseline"}
     print(f"composite = mean({', '.join(parts)}); 95 % paired CIs over items; * p < 0.05")
     print("| seed | mechanism | recovery (pp) | relapse drop (pp) | net retained (pp) |")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-TINY_FAMILIES = ("llama", "qwen2", "mistral", "gemma2", "phi3")
+TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3")
 
 _COMMON = dict(
     vocab_size=128,
@@ -21,13 +21,15 @@ _COMMON = dict(
 
 def tiny_config(family: str = "llama", **overrides):
     """A small random config of ``family`` (4 layers, hidden 32, 4 q heads / 2 KV heads, GLU 48)."""
-    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
     kw = dict(_COMMON, **overrides)
     if family == "llama":
         return LlamaConfig(**kw, head_dim=8, tie_word_embeddings=True)
     if family == "qwen2":
         return Qwen2Config(**kw)
+    if family == "qwen3":  # the Qwen2 adapter's second model type: explicit head_dim, per-head q/k RMSNorm
+        return Qwen3Config(**kw, head_dim=8)
     if family == "mistral":
         return MistralConfig(**kw, head_dim=8, sliding_window=None)
     if family == "gemma2":

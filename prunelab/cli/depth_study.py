@@ -65,7 +65,7 @@ def depth_study_cmd(
 
     from prunelab.errors import PrunelabError
     from prunelab.prune.depth import OBJECTIVES, SEARCHES
-    from prunelab.prune.depth_study import run_depth_study, study_tables, write_study
+    from prunelab.studies.depth import run_depth_study, study_tables, write_study
 
     removes = _int_list(remove, "--remove")
     objs = OBJECTIVES.parse_list(objectives)

@@ -66,7 +66,7 @@ def gguf_cmd(
     check_outputs(overwrite, files=(out, json_out))
     _precheck_family(model)
     lm = load_model(model, "float32", device)
-    from prunelab.export.card import source_info
+    from prunelab.models.card import source_info
 
     meta = _stored_metadata(lm.path)
     src = source_info(str(lm.path) if lm.path is not None and (lm.path / "README.md").is_file() else lm.source)
@@ -102,7 +102,7 @@ def hf_cmd(
     lm = load_model(model, "float32", device)
     meta = {"source": lm.source, **{k: v for k, v in _stored_metadata(lm.path).items() if k != "source"}}
     if lm.path is not None:  # keep the chain back to the original model in the card
-        from prunelab.export.card import source_info
+        from prunelab.models.card import source_info
 
         base = source_info(str(lm.path)).base_model
         if base:

@@ -30,7 +30,7 @@ def run_cmd(
     work = work_dir if work_dir is not None else db.with_name(db.name + ".work")
     check_outputs(overwrite, files=(json_out,), work_dirs=() if dry_run else (work,))
     if dry_run:
-        from prunelab.experiments.store import Store
+        from prunelab.runs.store import Store
 
         exp, runs = plan(spec)
         stored = Store(db, readonly=True).stored_hashes() if db.is_file() else set()

@@ -9,47 +9,15 @@ name in :mod:`prunelab.data.loaders` (needs internet). The data is never copied 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+# the roots themselves sit on the ground floor (prunelab.atomic protects them); re-exported for the data layer
+from prunelab.data_roots import ExplicitLocation, candidate_roots, explicit_location, set_data_dir
 from prunelab.errors import PrunelabError
 
-_override: Path | None = None
-
-
-def set_data_dir(path: str | Path | None) -> None:
-    """Set the data root for this process (the CLI's ``--data-dir``); ``None`` clears it."""
-    global _override
-    _override = Path(path).expanduser() if path else None
-
-
-@dataclass(frozen=True)
-class ExplicitLocation:
-    """A data folder the user named, and how (``"--data-dir"`` or ``"PRUNELAB_DATA"``)."""
-
-    root: Path
-    origin: str
-
-
-def explicit_location() -> ExplicitLocation | None:
-    """The folder the user named (``--data-dir`` wins over ``$PRUNELAB_DATA``), or None."""
-    if _override is not None:
-        return ExplicitLocation(_override, "--data-dir")
-    if env := os.environ.get("PRUNELAB_DATA"):
-        return ExplicitLocation(Path(env).expanduser(), "PRUNELAB_DATA")
-    return None
-
-
-def candidate_roots() -> list[Path]:
-    """Data roots in the order they are tried: only the named folder if there is one, else the defaults."""
-    explicit = explicit_location()
-    if explicit is not None:
-        return [explicit.root]
-    repo = Path(__file__).resolve().parents[2]
-    roots = [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
-    return list(dict.fromkeys(roots))
+__all__ = ["ExplicitLocation", "candidate_roots", "data_root", "explicit_location", "find_file", "locate",
+           "missing_in_named_folder", "require_file", "set_data_dir"]
 
 
 def data_root() -> Path | None:

@@ -13,26 +13,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from prunelab.errors import PrunelabError
-from prunelab.evaluate.registry import TASKS, ItemOutcome, TaskFn, TaskResult, task
+from prunelab.evaluate.registry import TASK_SPECS, TASKS, ItemOutcome, TaskFn, TaskResult, TaskSpec, register_task, task_spec
 
 if TYPE_CHECKING:
     from prunelab.evaluate.generative_tasks import GenerationProtocol
 
-#: Modules whose import registers tasks. Built-ins first; optional study modules are imported when present.
+#: Modules whose import registers tasks (:func:`prunelab.evaluate.registry.register_task`).
 TASK_MODULES = ("prunelab.evaluate.tasks",)
-OPTIONAL_TASK_MODULES: list[str] = []
 
 
 def load_tasks() -> None:
     """Import every module that registers tasks (idempotent)."""
     for name in TASK_MODULES:
         importlib.import_module(name)
-    for name in OPTIONAL_TASK_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside the module: surface it
-                raise
 
 
 @dataclass
@@ -123,7 +116,5 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
     return report
 
 
-__all__ = ["EvalReport", "ItemOutcome", "TASKS", "TaskFn", "TaskResult", "evaluate", "load_tasks", "resolve_tasks",
-           "task"]
-
-from prunelab.evaluate import generative_tasks  # noqa: E402,F401  (registers gsm8k, ifeval, truthfulqa_mc1/mc2)
+__all__ = ["EvalReport", "ItemOutcome", "TASKS", "TASK_SPECS", "TaskFn", "TaskResult", "TaskSpec", "evaluate",
+           "load_tasks", "register_task", "resolve_tasks", "task_spec"]

@@ -18,9 +18,11 @@ Each task follows lm-evaluation-harness 0.4.13 and reuses its code where it exis
 - **truthfulqa_mc2**: the normalised probability mass on the true answers,
   ``MC2 = Σ_{i true} exp(ℓ_i) / Σ_i exp(ℓ_i)`` (lm-eval's ``process_results_mc2``), computed in log space.
 
-Generation settings (new-token budgets, GSM8K shots, chat template on/off, the prompt ``protocol`` of the
-recovery study's generation tasks) are not part of the registry's task signature, so they live in
-:data:`SETTINGS` and are changed with :func:`generation_settings` (``evaluate(..., protocol=...)`` does this).
+Each task's fixed description (kind, primary metric, default budget) is its
+:class:`~prunelab.evaluate.registry.TaskSpec`. What a run may change (new-token budgets, GSM8K shots, chat
+template on/off, the prompt ``protocol`` of the recovery study's generation tasks) is not part of the
+registry's task signature, so it lives in :data:`SETTINGS` and is changed with :func:`generation_settings`
+(``evaluate(..., protocol=...)`` does this).
 
 **Prompt protocol** (``arc_easy_gen``, ``lambada_gen`` and ``composite``; :func:`resolve_protocol`): ``raw``
 sends the study's prompt as plain text (right for a base model, e.g. the study's Llama-3.2-1B); ``chat`` sends
@@ -43,7 +45,8 @@ import torch
 
 from prunelab.data import load_gsm8k, load_ifeval, load_truthfulqa, seeded_sample
 from prunelab.errors import PrunelabError
-from prunelab.evaluate.registry import TASKS, ItemOutcome, TaskResult
+from prunelab.evaluate.generation import cut_at_stop, generate_until  # noqa: F401  (cut_at_stop: re-exported)
+from prunelab.evaluate.registry import GenerationSpec, ItemOutcome, TaskResult, TaskSpec, register_task
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -81,12 +84,18 @@ def resolve_protocol(tokenizer: Any, protocol: str) -> Literal["raw", "chat"]:
     return protocol  # type: ignore[return-value]
 
 
+#: the default new-token budgets (lm-eval uses 1280 for IFEval); a run may change them (:func:`generation_settings`)
+IFEVAL_MAX_NEW_TOKENS = 256
+GSM8K_MAX_NEW_TOKENS = 256
+
+
 @dataclass
 class GenerationSettings:
-    """Knobs of the generative tasks (the registry's task signature has no room for them)."""
+    """Per-run knobs of the generative tasks (the registry's task signature has no room for them); the
+    defaults are the tasks' :class:`~prunelab.evaluate.registry.GenerationSpec` budgets."""
 
-    ifeval_max_new_tokens: int = 256
-    gsm8k_max_new_tokens: int = 256
+    ifeval_max_new_tokens: int = IFEVAL_MAX_NEW_TOKENS
+    gsm8k_max_new_tokens: int = GSM8K_MAX_NEW_TOKENS
     gsm8k_shots: int = 5
     #: wrap IFEval prompts in the tokenizer's chat template when it has one
     chat_template: bool = True
@@ -121,7 +130,7 @@ def generation_settings(**changes: Any) -> Iterator[GenerationSettings]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# greedy generation
+# chat template
 # ----------------------------------------------------------------------------------------------------------
 def apply_chat(tokenizer: Any, prompt: str, enabled: bool = True) -> tuple[str, bool]:
     """``(text, templated)``: the prompt as a single user turn of the chat template, if the tokenizer has one."""
@@ -130,68 +139,6 @@ def apply_chat(tokenizer: Any, prompt: str, enabled: bool = True) -> tuple[str, 
                                              add_generation_prompt=True)
         return str(text), True
     return prompt, False
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """lm-eval's ``until`` rule: keep the text before the first occurrence of any stop string."""
-    for s in stop:
-        if s and s in text:
-            text = text.split(s)[0]
-    return text
-
-
-@torch.inference_mode()
-def generate_until(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8,
-                    stop: Sequence[str] = ()) -> list[str]:
-    """Greedy continuations of ``prompts`` (left-padded batches, longest first; output in input order),
-    lm-eval's ``generate_until``: unlike :func:`prunelab.evaluate.generation.generate_greedy` (short answers) it
-    honours stop strings and left-truncates long few-shot prompts to fit the model's context.
-
-    Prompts longer than the model's context minus ``max_new_tokens`` are left-truncated (as lm-eval does).
-    The text is cut at the first stop string; generation of a batch ends early once every row has produced
-    EOS or a stop string.
-    """
-    from transformers import GenerationConfig
-
-    from prunelab.evaluate.loglik import tok_encode
-
-    if max_new_tokens <= 0:
-        raise PrunelabError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if not prompts:
-        return []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise PrunelabError("the tokenizer has neither a pad nor an EOS token; cannot batch generation")
-    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
-    budget = max(1, max_pos - max_new_tokens)
-    # lm-eval 0.4.13 HFLM.tok_encode: the tokenizer's own special-token rule unless the text starts with BOS
-    encoded = [tok_encode(tokenizer, p)[-budget:] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
-    device = next(model.parameters()).device
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                              eos_token_id=tokenizer.eos_token_id, num_beams=1)
-    if stop:
-        config.stop_strings = list(stop)
-    outputs: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):  # left padding: the generated tokens of every row start at `width`
-            n = len(encoded[i])
-            if n:
-                ids[row, width - n:] = torch.tensor(encoded[i])
-                mask[row, width - n:] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                             tokenizer=tokenizer if stop else None)
-        for row, i in enumerate(idx):
-            toks = out[row, width:].tolist()
-            if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in toks:
-                toks = toks[:toks.index(tokenizer.eos_token_id)]  # what follows EOS is padding
-            text = tokenizer.decode(toks, skip_special_tokens=True)
-            outputs[i] = cut_at_stop(text, stop)
-    return outputs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -235,7 +182,8 @@ def _gsm8k_shots(n: int, seed: int) -> list[tuple[str, str]]:
     return [(r["question"], r["answer"]) for r in seeded_sample(rows, n, seed + 1234)]
 
 
-@TASKS.register("gsm8k")
+@register_task(TaskSpec("gsm8k", "generation", "exact_match_flexible", higher_is_better=True, label="GSM8K (%)",
+                        generation=GenerationSpec(GSM8K_MAX_NEW_TOKENS, lm_eval_rules=True)))
 def gsm8k(model: Any, tokenizer: Any, limit: int | None, seed: int, batch_size: int) -> TaskResult:
     """GSM8K test: greedy, exact final number (strict and flexible extraction), percent."""
     t0 = time.perf_counter()
@@ -342,7 +290,8 @@ def ifeval_metrics(scores: Sequence[IFEvalScore]) -> dict[str, float]:
     return out
 
 
-@TASKS.register("ifeval")
+@register_task(TaskSpec("ifeval", "generation", "prompt_level_strict_acc", higher_is_better=True, label="IFEval (%)",
+                        generation=GenerationSpec(IFEVAL_MAX_NEW_TOKENS, lm_eval_rules=True)))
 def ifeval(model: Any, tokenizer: Any, limit: int | None, seed: int, batch_size: int) -> TaskResult:
     """IFEval: greedy responses (chat template if any) scored strictly and loosely, percent."""
     t0 = time.perf_counter()
@@ -419,13 +368,13 @@ def _truthfulqa(kind: str, model: Any, tokenizer: Any, limit: int | None, seed: 
                       item_ids=[it.id for it in items], seconds=time.perf_counter() - t0, outcomes=outcomes)
 
 
-@TASKS.register("truthfulqa_mc1")
+@register_task(TaskSpec("truthfulqa_mc1", "loglikelihood", "acc", higher_is_better=True, label="TruthfulQA MC1 (%)"))
 def truthfulqa_mc1(model: Any, tokenizer: Any, limit: int | None, seed: int, batch_size: int) -> TaskResult:
     """TruthfulQA MC1 accuracy (percent)."""
     return _truthfulqa("mc1", model, tokenizer, limit, seed, batch_size)
 
 
-@TASKS.register("truthfulqa_mc2")
+@register_task(TaskSpec("truthfulqa_mc2", "loglikelihood", "acc", higher_is_better=True, label="TruthfulQA MC2 (%)"))
 def truthfulqa_mc2(model: Any, tokenizer: Any, limit: int | None, seed: int, batch_size: int) -> TaskResult:
     """TruthfulQA MC2: mean normalised probability mass on the true answers (percent)."""
     return _truthfulqa("mc2", model, tokenizer, limit, seed, batch_size)

@@ -1,12 +1,15 @@
 """The evaluation-task registry and the result type every task returns.
 
 A task is a function ``(model, tokenizer, limit: int | None, seed: int, batch_size: int) -> TaskResult``
-registered under its name::
+registered with its :class:`TaskSpec` (name, kind, primary metric, direction, label, generation settings)::
 
-    from prunelab.evaluate.registry import TASKS, TaskResult
+    from prunelab.evaluate.registry import TaskResult, TaskSpec, register_task
 
-    @TASKS.register("my_task")
+    @register_task(TaskSpec("my_task", "loglikelihood", "acc", higher_is_better=True, label="My task (%)"))
     def my_task(model, tokenizer, limit, seed, batch_size) -> TaskResult: ...
+
+Built-in tasks register when :func:`prunelab.evaluate.load_tasks` imports :mod:`prunelab.evaluate.tasks`;
+:func:`task_spec` says what a task is without running it.
 
 ``limit`` is the number of items of a seeded sample (``prunelab.data.seeded_sample(items, limit, seed)``;
 ``None`` = every item); accuracies are **percent (0-100)**; ``item_ids`` names exactly the items scored.
@@ -21,7 +24,7 @@ from stored outcomes without re-evaluating. Contract: for accuracy tasks
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 from prunelab.registry import Registry
 
@@ -96,6 +99,61 @@ class TaskFn(Protocol):
 TASKS: Registry[TaskFn] = Registry("eval task")
 
 
-def task(name: str) -> Callable[[TaskFn], TaskFn]:
-    """Decorator shorthand for ``TASKS.register(name)``."""
-    return TASKS.register(name)  # type: ignore[return-value]
+#: how a task scores: per-choice log-likelihoods, generated text, perplexity windows, or other tasks' scores
+TaskKind = Literal["loglikelihood", "generation", "perplexity", "composite"]
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """How a generation task decodes (greedy): its default new-token budget and which prompt rules apply.
+
+    ``follows_protocol``: the prompt follows the ``raw`` / ``chat`` / ``auto`` protocol of the study's generation
+    tasks; ``lm_eval_rules``: lm-eval's ``generate_until`` encoding, truncation and stop strings
+    (:mod:`prunelab.evaluate.generation`). Budgets that can be changed per run are in
+    :func:`prunelab.evaluate.generative_tasks.generation_settings`.
+    """
+
+    max_new_tokens: int
+    follows_protocol: bool = False
+    lm_eval_rules: bool = False
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one registered task is: its ``kind``, the ``primary`` metric key of its :class:`TaskResult`, whether a
+    higher primary is better (perplexity: lower), the ``label`` tables print and, for generation, how it decodes."""
+
+    name: str
+    kind: TaskKind
+    primary: str
+    higher_is_better: bool
+    label: str
+    generation: GenerationSpec | None = None
+
+    @property
+    def open_ended(self) -> bool:
+        """Free-text answers under lm-eval's ``generate_until`` (``gsm8k``, ``ifeval``): the slow tasks."""
+        return self.generation is not None and self.generation.lm_eval_rules
+
+
+#: every task's spec, under the same names as :data:`TASKS`
+TASK_SPECS: Registry[TaskSpec] = Registry("eval task")
+
+
+def register_task(spec: TaskSpec, fn: TaskFn | None = None) -> Callable[[TaskFn], TaskFn] | TaskFn:
+    """Register ``fn`` under ``spec.name`` with its spec (decorator without ``fn``): the one registration route."""
+
+    def add(task_fn: TaskFn) -> TaskFn:
+        TASKS.register(spec.name, task_fn)
+        TASK_SPECS.register(spec.name, spec)
+        return task_fn
+
+    return add if fn is None else add(fn)
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` of a registered task (built-ins loaded first); unknown names raise listing the known."""
+    from prunelab.evaluate import load_tasks
+
+    load_tasks()
+    return TASK_SPECS.get(name)

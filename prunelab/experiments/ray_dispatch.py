@@ -1,15 +1,16 @@
 """Dispatch independent runs to a Ray cluster: one Ray task per run; the driver alone writes the store.
 
 Each task loads/prunes its own model (in the worker's ``work_dir``, so a shared filesystem lets workers
-reuse pruned checkpoints), executes the run with the worker's stages and returns its metrics, flops,
-timings, per-item outcomes and package versions; the driver commits each result as it arrives
+reuse pruned checkpoints), executes the run with the worker's stages through the same
+:func:`prunelab.experiments.execute.prepare_and_execute` a local run uses, and returns its
+:class:`~prunelab.runs.result.RunResult` (or a :class:`RemoteFailure`); the driver commits each result as it arrives
 (``ray.wait``), so killing the driver loses only unfinished runs, exactly like local execution.
 
 Faults: a task whose worker process dies (SIGKILL, OOM killer, lost node) is re-executed by Ray up to
 ``resources.retries`` times (Ray's ``max_retries``; default 1) and recorded as failed with Ray's error after
 that; a run that raises is recorded as failed at once (``retry_exceptions`` stays off: a deterministic error
 would only fail again). Either way the run is absent from ``runs`` until it succeeds, and a rerun of the same
-command retries it. Runs are leased in the store before submission (:class:`~prunelab.experiments.runner.ClaimQueue`),
+command retries it. Runs are leased in the store before submission (:class:`~prunelab.experiments.queue.ClaimQueue`),
 so a driver sharing the store — another ``--ray`` driver or a local one — never executes the same run.
 
 CPUs/GPUs per task come from the spec's ``resources``. ``PRUNELAB_*`` environment variables of the driver
@@ -23,15 +24,19 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from prunelab.errors import PrunelabError
+from prunelab.runs.config import RunConfig
+from prunelab.runs.result import RunMeta, RunRecord, RunResult
 
 if TYPE_CHECKING:
-    from prunelab.experiments.runner import ClaimQueue
-    from prunelab.experiments.spec import ExperimentSpec
-    from prunelab.experiments.store import Store
+    from prunelab.experiments.queue import ClaimQueue
+    from prunelab.experiments.spec import ExperimentSpec, Run
+    from prunelab.runs.store import Store
 
 #: driver environment variables handed to every task (stages, data location, fake-stage knobs in tests)
 ENV_PREFIX = "PRUNELAB_"
@@ -46,21 +51,24 @@ def _import_ray():
     return ray
 
 
-def remote_run(run_config: dict[str, Any], prepare_dir: str) -> dict[str, Any]:
-    """Body of one Ray task (a plain function, so it is testable without Ray)."""
-    from prunelab.experiments.runner import execute_run, get_stages
-    from prunelab.experiments.store import package_versions
+@dataclass(frozen=True)
+class RemoteFailure:
+    """A run that raised on its worker (or whose worker died): one line for the summary, the full traceback for
+    the store's ``failures`` table."""
 
-    stages = get_stages()
-    started = time.time()
-    outcomes: dict[str, Any] = {}
+    error: str
+    traceback: str
+
+
+def remote_run(config: RunConfig, prepare_dir: str) -> RunResult | RemoteFailure:
+    """Body of one Ray task (a plain function, so it is testable without Ray)."""
+    from prunelab.experiments.execute import prepare_and_execute
+    from prunelab.experiments.stages import get_stages
+
     try:
-        prepared = stages.prepare(run_config["model"], run_config["pruning"], run_config["seed"], Path(prepare_dir))
-        metrics, flops, timings = execute_run(run_config, stages, prepared, outcomes=outcomes)
+        return prepare_and_execute(config, get_stages(), Path(prepare_dir))
     except Exception as exc:  # noqa: BLE001 - reported back to the driver, which records the failure
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    return {"ok": True, "metrics": metrics, "flops": flops, "timings": timings, "versions": package_versions(),
-            "started": started, "finished": time.time(), "outcomes": outcomes}
+        return RemoteFailure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
 def _task_options(spec: ExperimentSpec) -> dict[str, Any]:
@@ -94,13 +102,13 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def run_on_ray(address: str, spec: ExperimentSpec, queue: ClaimQueue, store: Store, work: Path, meta: Callable,
-               fail_fast: bool = False, ray_module=None) -> tuple[int, list[str]]:
+def run_on_ray(address: str, spec: ExperimentSpec, queue: ClaimQueue, store: Store, work: Path,
+               meta: Callable[[ExperimentSpec, Run], RunMeta], fail_fast: bool = False,
+               ray_module=None) -> tuple[int, list[str]]:
     """Lease, submit and store every run ``queue`` hands out; returns ``(completed, failures)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prunelab.console import err_console
-    from prunelab.experiments.store import RunRecord
 
     ray = ray_module or _import_ray()
     if not ray.is_initialized():
@@ -121,7 +129,7 @@ def run_on_ray(address: str, spec: ExperimentSpec, queue: ClaimQueue, store: Sto
                 run = queue.take()
                 if run is None:
                     break
-                inflight[task.remote(run.config, str(work / "pruned" / run.group[-1]))] = run
+                inflight[task.remote(run.config, str(work / "pruned" / run.prune_key))] = run
             if not inflight:  # everything left is leased by another driver: wait for it
                 time.sleep(queue.poll)
                 continue
@@ -131,25 +139,18 @@ def run_on_ray(address: str, spec: ExperimentSpec, queue: ClaimQueue, store: Sto
                 try:
                     out = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - e.g. WorkerCrashedError once max_retries is spent
-                    out = {"ok": False, "error": _first_line(exc), "traceback": f"{type(exc).__name__}: {exc}"}
-                if not out["ok"]:
-                    store.add_failure(run.hash, run.label, out["traceback"])
+                    out = RemoteFailure(_first_line(exc), f"{type(exc).__name__}: {exc}")
+                if isinstance(out, RemoteFailure):
+                    store.add_failure(run.hash, run.label, out.traceback)
                     queue.release(run, failed=True)
-                    failures.append(f"{run.label}: {out['error']}")
-                    err_console.print(f"[red]run failed[/] {run.label}: {out['error']}", highlight=False)
+                    failures.append(f"{run.label}: {out.error}")
+                    err_console.print(f"[red]run failed[/] {run.label}: {out.error}", highlight=False)
                     if fail_fast:
                         for r in inflight:
                             ray.cancel(r)
                         return completed, failures
                     continue
-                cfg = run.config
-                store.add_run(RunRecord(
-                    hash=run.hash, kind=cfg["kind"], model=cfg["model"]["name"], pruning=cfg["pruning"]["name"],
-                    mechanism=cfg["mechanism"]["name"] if cfg["kind"] == "treated" else None, seed=cfg["seed"],
-                    config=cfg, metrics=out["metrics"], flops=out["flops"], timings=out["timings"],
-                    versions=out["versions"], started_at=out["started"], finished_at=out["finished"],
-                    outcomes=out.get("outcomes") or {}),
-                    spec.name, run.index, meta(spec, run))
+                store.add_run(RunRecord(run.hash, run.config, out), spec.name, run.index, meta(spec, run))
                 completed += 1
                 progress.advance(bar)
                 progress.console.print(f"[green]stored[/] {run.label}", highlight=False)

@@ -1,9 +1,12 @@
-"""The YAML experiment spec (DESIGN §9), validated with pydantic v2, and its expansion into runs.
+"""The YAML experiment spec, validated with pydantic v2, and its expansion into typed runs.
 
 An experiment is ``models × pruning × mechanisms × seeds`` treated runs plus one untreated baseline per
-``model × pruning × seed``. Every run is a plain JSON-able config; its identity is the SHA-256 of that
-config in canonical JSON (sorted keys, no whitespace), so the same run requested by two experiments, or by
-the same experiment after a crash, is recognised and not repeated.
+``model × pruning × seed``. Each run is a :class:`~prunelab.runs.config.RunConfig` built from the same pydantic
+models the spec is validated with (defined in :mod:`prunelab.runs.config`, the run contract); its identity is the
+SHA-256 of its config in canonical JSON (sorted keys, no whitespace), so the same run requested by two
+experiments, or by the same experiment after a crash, is recognised and not repeated. A mechanism in the spec (a
+built-in name, inline values, or ``base:`` plus overrides) resolves to one
+:class:`prunelab.recover.mechanisms.Mechanism`.
 
 Minimal example::
 
@@ -21,132 +24,27 @@ Minimal example::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
-from pydantic import model_serializer
-from prunelab.scores import STUDY_COMPOSITE
 from prunelab.errors import PrunelabError
+from prunelab.recover.mechanisms import Mechanism
+# The run contract's models are the spec's building blocks; re-exported so a spec reader finds them here too.
+from prunelab.runs.config import (CalibrationSpec, ChronicSpec, DepthPruning, Dose, EvalSpec, ModelSpec,
+                                  NoPruning, PruningSpec, RelapseSpec, RunConfig, StressSpec, TrainingSpec,
+                                  Treatment, WidthPruning, _Strict, canonical_json, config_hash, prune_key)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
-
-class _Strict(BaseModel):
-    # extra="forbid": a misspelt key ("ratoi") is an error naming it, never silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
-
-# --------------------------------------------------------------------------------------------- models
-class ModelSpec(_Strict):
-    """A model: alias (``smollm2-135m``), local HF dir, ``.gguf`` file or hub id (e.g. a pre-pruned checkpoint)."""
-
-    source: str = Field(min_length=1)
-    name: str | None = None
-    description: str = ""
-    dtype: str = "auto"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return {"source": v}
-        if isinstance(v, dict):
-            v = dict(v)
-            # accept the natural synonyms for where the model comes from
-            for key in ("path", "hub_id", "alias", "id"):
-                if key in v and "source" not in v:
-                    v["source"] = v.pop(key)
-        return v
-
-    @model_validator(mode="after")
-    def _default_name(self) -> "ModelSpec":
-        if self.name is None:
-            self.name = Path(self.source.rstrip("/")).name
-        return self
-
-
-# -------------------------------------------------------------------------------------------- pruning
-class CalibrationSpec(_Strict):
-    source: str = "wikitext2"
-    samples: int = Field(32, ge=1)
-    seq_len: int = Field(128, ge=8)
-
-
-class NoPruning(_Strict):
-    """Use the model as loaded (the untouched model, or a pre-pruned checkpoint given as the model)."""
-
-    kind: Literal["none"] = "none"
-    name: str = "none"
-
-
-class WidthPruning(_Strict):
-    """Structured width pruning (``prune_width`` / ``adapt_prune``, DESIGN §3)."""
-
-    kind: Literal["width"] = "width"
-    name: str | None = None
-    criterion: str = "maw"
-    ratio: float | None = Field(None, gt=0.0, lt=1.0)
-    expansion_ratio: float | None = Field(None, gt=0.0)
-    heads_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    round_to: int = Field(1, ge=1)
-    adaptive: bool = False
-    amplitude: float = Field(0.02, ge=0.0)
-    steps: int = Field(10, ge=1)
-    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
-    #: repair without retraining (:mod:`prunelab.prune.repair`); ``ridge`` is its relative λ (None: the default)
-    repair: Literal["none", "bias", "ls", "ls+bias"] = "none"
-    ridge: float | None = Field(None, ge=0.0)
-
-    @model_serializer(mode="wrap")
-    def _omit_default_repair(self, handler):
-        # left out when unset, so specs written before repair existed keep their config hashes (and stored results)
-        data = handler(self)
-        if isinstance(data, dict):
-            if data.get("repair") == "none":
-                data.pop("repair", None)
-            if data.get("ridge") is None:
-                data.pop("ridge", None)
-        return data
-
-    @model_validator(mode="after")
-    def _one_size(self) -> "WidthPruning":
-        if (self.ratio is None) == (self.expansion_ratio is None):
-            raise ValueError("give exactly one of ratio or expansion_ratio")
-        if self.adaptive and self.ratio is None:
-            raise ValueError("adaptive width pruning needs ratio")
-        if self.name is None:
-            size = f"{round(self.ratio * 100)}" if self.ratio is not None else f"x{self.expansion_ratio:g}"
-            self.name = f"{'adaptive' if self.adaptive else 'width'}-{self.criterion}-{size}"
-            if self.repair != "none":
-                self.name += f"+{self.repair}"
-        return self
-
-
-class DepthPruning(_Strict):
-    """Depth pruning: remove ``k`` blocks chosen by ``search`` under ``objective`` (DESIGN §4)."""
-
-    kind: Literal["depth"] = "depth"
-    name: str | None = None
-    k: int = Field(ge=1)
-    search: str = "greedy"
-    objective: str = "perplexity"
-    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
-
-    @model_validator(mode="after")
-    def _default_name(self) -> "DepthPruning":
-        if self.name is None:
-            self.name = f"depth-{self.search}-{self.objective}-k{self.k}"
-        return self
-
-
-PruningSpec = Annotated[Union[NoPruning, WidthPruning, DepthPruning], Field(discriminator="kind")]
+__all__ = ["CalibrationSpec", "ChronicSpec", "DepthPruning", "EvalSpec", "ExperimentSpec", "IsodoseSpec",
+           "MechanismSpec", "ModelSpec", "NoPruning", "PruningSpec", "RankSweep", "RelapseSpec", "ResourcesSpec",
+           "Run", "StressSpec", "TrainingSpec", "WidthPruning", "builtin_mechanisms", "canonical_json",
+           "config_hash", "expand", "load_spec", "parse_spec", "prune_key", "resolve_mechanism"]
 
 
 # ----------------------------------------------------------------------------------------- mechanisms
@@ -234,82 +132,6 @@ class IsodoseSpec(_Strict):
     def reference_epochs(self) -> int | None:
         return int(self.reference.split(":")[1]) if self.reference else None
 
-
-# ------------------------------------------------------------------------------ training, stress, eval
-class TrainingSpec(_Strict):
-    """Recovery data sizes (Dolly): ``samples`` train records, ``held_out`` disjoint ones for maintenance."""
-
-    samples: int = Field(500, ge=1)
-    held_out: int = Field(100, ge=0)
-    seq_len: int = Field(512, ge=8)
-    pad: bool = True
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(4, ge=1)
-
-
-class RelapseSpec(_Strict):
-    fraction: float = Field(0.3, gt=0.0, lt=1.0)
-
-
-class ChronicSpec(_Strict):
-    cycles: int = Field(8, ge=1)
-    step: float = Field(0.1, gt=0.0, lt=1.0)
-    maintenance_epochs: int = Field(3, ge=1)
-    tasks: list[str] = Field(default_factory=lambda: ["arc_easy_gen"], min_length=1)
-
-    @model_validator(mode="after")
-    def _fits(self) -> "ChronicSpec":
-        if self.cycles * self.step >= 1.0:
-            raise ValueError(f"cycles × step = {self.cycles * self.step:g} would prune every weight (need < 1)")
-        return self
-
-
-class StressSpec(_Strict):
-    relapse: RelapseSpec | None = None
-    chronic: ChronicSpec | None = None
-
-
-class EvalSpec(_Strict):
-    """Tasks (names from ``prunelab.evaluate``), a per-task item limit, and the item-sampling seed."""
-
-    tasks: list[str] = Field(default_factory=lambda: ["arc_easy_gen", "lambada_gen"], min_length=1)
-    limit: int | None = Field(None, ge=1)
-    limits: dict[str, int] = Field(default_factory=dict)
-    batch_size: int = Field(8, ge=1)
-    # Items are sampled with this seed, not the training seed, so every run scores the same items (paired).
-    seed: int = 0
-    #: prompt protocol of the generation tasks (prunelab.evaluate.generative_tasks): raw, chat, or auto (chat
-    #: when the model's tokenizer has a chat template). Part of every run's config, so it changes the hash.
-    protocol: Literal["raw", "chat", "auto"] = "auto"
-    #: the tasks whose mean is ``composite`` (prunelab.scores): the study's generation pair by default; a small
-    #: Instruct model may need the log-likelihood pair (``[arc_easy, lambada]``). Every part must be evaluated.
-    composite: list[str] = Field(default_factory=lambda: list(STUDY_COMPOSITE), min_length=2)
-
-    @field_validator("tasks")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("tasks must not repeat")
-        return v
-
-    @model_validator(mode="after")
-    def _composite_parts_evaluated(self) -> "EvalSpec":
-        # an explicit composite whose parts are not all evaluated would silently never be computed
-        if "composite" in self.model_fields_set:
-            missing = [t for t in self.composite if t not in self.tasks]
-            if missing:
-                raise ValueError(f"eval.composite part(s) {', '.join(missing)} must also be in eval.tasks")
-        return self
-
-    @model_validator(mode="after")
-    def _limits_known(self) -> "EvalSpec":
-        for task, n in self.limits.items():
-            if n < 1:
-                raise ValueError(f"limits.{task} must be ≥ 1")
-        return self
-
-    def limit_for(self, task: str) -> int | None:
-        return self.limits.get(task, self.limit)
 
 
 class ResourcesSpec(_Strict):
@@ -408,118 +230,98 @@ def load_spec(path: str | Path) -> ExperimentSpec:
 
 
 # ---------------------------------------------------------------------------------------- mechanisms
-def builtin_mechanisms() -> dict[str, dict[str, Any]]:
-    """The registry's mechanisms (``prunelab.recover.MECHANISMS``) as plain dicts."""
+def builtin_mechanisms() -> dict[str, Mechanism]:
+    """The registry's mechanisms (:data:`prunelab.recover.MECHANISMS`) by name."""
     from prunelab.recover import MECHANISMS
 
-    out = {}
-    for name in MECHANISMS.names():
-        d = MECHANISMS.get(name).to_dict()
-        out[name] = {k: d[k] for k in ("r", "alpha", "targets", "dropout", "lr")}
-    return out
+    return {name: MECHANISMS.get(name) for name in MECHANISMS.names()}
 
 
 _FIELDS = ("r", "alpha", "targets", "dropout", "lr")
 
 
-def resolve_mechanism(m: MechanismSpec, builtins: dict[str, dict[str, Any]], where: str) -> dict[str, Any]:
-    """Full mechanism values: built-in by name, inline, or ``base`` + overrides. Errors name ``where``."""
+def resolve_mechanism(m: MechanismSpec, builtins: Mapping[str, Mechanism], where: str) -> Mechanism:
+    """The :class:`Mechanism` a spec entry names: built-in by name, inline, or ``base`` + overrides.
+    Errors name ``where``."""
     base_name = m.base or (m.name if m.name in builtins else None)
     if m.base is not None and m.base not in builtins:
         raise PrunelabError(f"{where}.base: unknown mechanism '{m.base}'; known: {', '.join(builtins)}")
-    values: dict[str, Any] = dict(builtins[base_name]) if base_name else {}
+    values: dict[str, Any] = {}
+    if base_name:
+        base = builtins[base_name]
+        values = {f: getattr(base, f) for f in _FIELDS}
     for f in _FIELDS:
         v = getattr(m, f)
         if v is not None:
-            values[f] = list(v) if f == "targets" else v
+            values[f] = v
     missing = [f for f in _FIELDS if f not in values]
     if missing:
         raise PrunelabError(
             f"{where}: '{m.name}' is not a built-in mechanism ({', '.join(builtins)}); "
             f"an inline mechanism needs {', '.join(missing)}")
-    values["alpha"] = float(values["alpha"])
-    values["lr"] = float(values["lr"])
-    values["dropout"] = float(values["dropout"])
-    values["r"] = int(values["r"])
-    values["targets"] = list(values["targets"])
-    return {"name": m.name, **values, "sweep": m.sweep}
+    try:
+        # the types a run config stores (alpha 128 → 128.0): the config hash is taken over them
+        return Mechanism(name=m.name, r=int(values["r"]), alpha=float(values["alpha"]),
+                         targets=tuple(values["targets"]), dropout=float(values["dropout"]), lr=float(values["lr"]))
+    except PrunelabError as exc:
+        raise PrunelabError(f"{where}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------ expansion
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """One unit of work. ``config`` is everything that determines its result; ``hash`` identifies it."""
+    """One unit of work: its typed ``config`` (everything that determines its result), the config's ``hash``
+    (its identity in the store), a display ``label`` and its ``index`` in the experiment's expansion order."""
 
-    config: dict[str, Any]
+    config: RunConfig
     hash: str
     label: str
     index: int
-    group: tuple[str, ...] = field(default=())  # (model, pruning, seed): runs sharing a pruned model
+    #: identity of the pruned model the run starts from (model × pruning × seed): runs sharing it share one
+    #: pruning, and it names the run's pruned-checkpoint cache folder
+    prune_key: str
 
     @property
     def kind(self) -> str:
-        return self.config["kind"]
+        return self.config.kind
 
 
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+def _run(config: RunConfig, label: str, index: int) -> Run:
+    return Run(config, config.hash, label, index, config.prune_key)
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """SHA-256 (first 20 hex digits) of the canonical JSON of a run config: stable across processes."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:20]
-
-
-def prune_key(model: dict[str, Any], pruning: dict[str, Any], seed: int) -> str:
-    """Identity of a pruned model (model × pruning × seed): runs with the same key share one pruning."""
-    return config_hash({"model": model, "pruning": pruning, "seed": seed if pruning["kind"] != "none" else 0})
-
-
-def expand(spec: ExperimentSpec, builtins: dict[str, dict[str, Any]] | None = None) -> list[Run]:
+def expand(spec: ExperimentSpec, builtins: Mapping[str, Mechanism] | None = None) -> list[Run]:
     """``models × pruning × seeds`` baselines plus ``models × pruning × mechanisms × seeds`` treated runs.
 
     Order groups runs sharing a pruned model (model, pruning, seed) so one invocation prunes each once.
     """
     if builtins is None:
         builtins = builtin_mechanisms()
-    mechs = [resolve_mechanism(m, builtins, f"mechanisms.{i}") for i, m in enumerate(spec.mechanisms)]
+    mechanisms = [(resolve_mechanism(m, builtins, f"mechanisms.{i}"), m.sweep) for i, m in enumerate(spec.mechanisms)]
     iso = spec.isodose
-    reference = None
     if iso.reference is not None:
         ref_name = iso.reference_mechanism
-        by_name = {m["name"]: m for m in mechs}
+        by_name = {m.name: m for m, _ in mechanisms}
         if ref_name in by_name:
-            ref = dict(by_name[ref_name])
+            reference = by_name[ref_name]
         elif ref_name in builtins:
-            ref = {"name": ref_name, **builtins[ref_name], "sweep": False}
+            reference = replace(builtins[ref_name], description="")
         else:
             raise PrunelabError(
                 f"isodose.reference: unknown mechanism '{ref_name}'; known: {', '.join([*builtins, *by_name])}")
-        ref.pop("sweep", None)
-        reference = {"mechanism": ref, "epochs": iso.reference_epochs}
-    common = {
-        "training": spec.training.model_dump(),
-        "eval": spec.eval.model_dump(),
-    }
-    stress = spec.stress.model_dump()
+        dose = Dose(reference=reference, reference_epochs=iso.reference_epochs, formula=iso.formula)
+    else:
+        dose = Dose(epochs=iso.epochs)
     runs: list[Run] = []
     for model in spec.models:
-        mdict = model.model_dump(exclude={"description"})
         for pruning in spec.pruning:
-            pdict = pruning.model_dump()
             for seed in spec.seeds:
-                pk = prune_key(mdict, pdict, seed)
-                base_cfg = {"kind": "baseline", "model": mdict, "pruning": pdict, "seed": seed,
-                            "eval": common["eval"]}
-                runs.append(Run(base_cfg, config_hash(base_cfg),
-                                f"{model.name} · {pruning.name} · untreated · seed {seed}", len(runs),
-                                (model.name, pruning.name, str(seed), pk)))
-                for mech in mechs:
-                    dose = ({"reference": reference, "formula": iso.formula} if reference is not None
-                            else {"epochs": iso.epochs})
-                    cfg = {"kind": "treated", "model": mdict, "pruning": pdict, "seed": seed,
-                           "mechanism": mech, "dose": dose, **common, "stress": stress}
-                    runs.append(Run(cfg, config_hash(cfg),
-                                    f"{model.name} · {pruning.name} · {mech['name']} · seed {seed}", len(runs),
-                                    (model.name, pruning.name, str(seed), pk)))
+                baseline = RunConfig(model=model, pruning=pruning, seed=seed, eval=spec.eval)
+                runs.append(_run(baseline, f"{model.name} · {pruning.name} · untreated · seed {seed}", len(runs)))
+                for mechanism, sweep in mechanisms:
+                    treatment = Treatment(mechanism=mechanism, dose=dose, training=spec.training,
+                                          stress=spec.stress, sweep=sweep)
+                    treated = replace(baseline, treatment=treatment)
+                    runs.append(_run(treated, f"{model.name} · {pruning.name} · {mechanism.name} · seed {seed}",
+                                     len(runs)))
     return runs

@@ -1,26 +1,41 @@
-"""The stage functions an experiment run calls, behind one small interface so they can be swapped.
+"""The stage functions an experiment run calls, behind one :class:`Stages` protocol so they can be swapped.
 
-:func:`real_stages` wires the library (``prunelab.prune``, ``prunelab.recover``, ``prunelab.stress``,
+:class:`LibraryStages` wires the library (``prunelab.prune``, ``prunelab.recover``, ``prunelab.stress``,
 ``prunelab.evaluate``); every import is lazy so ``prunelab run --help`` and the store/report code need none
-of them. The evaluate stage returns a :class:`StageEval`: its :meth:`StageEval.summary`
-``{"scores": {task: percent}, "n": {task: items}}`` goes into the run's metrics, its per-item ``outcomes``
-into the store's ``outcomes`` table (kept apart so metrics_json stays small); ``composite`` is added as
-mean(ARC-Easy gen %, LAMBADA gen %) when both are evaluated and it was not requested itself. The chronic
-stage returns a :class:`StageChronic` (cycle rows + each cycle's outcomes). Custom stages may still return
-the plain dict / list of before (no outcomes stored): :func:`split_eval` / :func:`split_chronic` accept both.
+of them. ``$PRUNELAB_STAGES=module:factory`` swaps in another set (:func:`get_stages`; the tests use fast fakes).
+
+Every stage takes and returns typed objects: the run config's parts (:mod:`prunelab.runs.config`), one
+:class:`~prunelab.recover.mechanisms.Mechanism`, and records of :mod:`prunelab.runs.result`. The evaluate stage
+returns a :class:`StageEval`: its :meth:`StageEval.summary` (an :class:`~prunelab.runs.result.EvalScores`)
+goes into the run's metrics, its per-item ``outcomes`` into the store's ``outcomes`` table (kept apart so the
+metrics stay small); ``composite`` is added as the mean of the run's ``eval.composite`` parts
+(:mod:`prunelab.scores`) when they are all evaluated. The chronic stage returns a :class:`StageChronic` (cycle
+rows + each cycle's outcomes).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
-from prunelab.scores import STUDY_COMPOSITE, composite_parts, with_composite
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from prunelab.errors import PrunelabError
+from prunelab.recover.mechanisms import Mechanism
+from prunelab.runs.config import ChronicSpec, EvalSpec, ModelSpec, PruningSpec, TrainingSpec
+from prunelab.runs.result import ChronicCycle, EvalScores, PruningInfo, RecoveryInfo
+from prunelab.scores import STUDY_COMPOSITE, with_composite
 
 if TYPE_CHECKING:  # annotations only: stage imports stay lazy
     from prunelab.evaluate.registry import ItemOutcome
+    from prunelab.experiments.spec import ExperimentSpec
+
+#: ``package.module:factory`` of the stages to use instead of the library's
+STAGES_ENV = "PRUNELAB_STAGES"
 
 
 @dataclass
@@ -29,7 +44,7 @@ class Prepared:
 
     model: Any
     tokenizer: Any
-    info: dict[str, Any]
+    info: PruningInfo
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -44,55 +59,72 @@ class StageEval:
     #: ``{task: "raw" | "chat"}``: the prompt protocol each generation task actually used
     protocol: dict[str, str] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
-        """What goes into ``metrics["eval"]`` (unchanged from before outcomes were kept, plus ``protocol``)."""
-        out: dict[str, Any] = {"scores": dict(self.scores), "n": dict(self.n)}
-        if self.protocol:
-            out["protocol"] = dict(self.protocol)
-        return out
+    def summary(self) -> EvalScores:
+        """What goes into the run's metrics (everything but the per-item outcomes)."""
+        return EvalScores(scores=dict(self.scores), n=dict(self.n), protocol=dict(self.protocol))
 
 
 @dataclass
 class StageChronic:
     """The chronic stage's result: one row per cycle (for the metrics) and each cycle's eval outcomes."""
 
-    cycles: list[dict[str, Any]]
+    cycles: list[ChronicCycle]
     #: ``{cycle: {task: [ItemOutcome]}}``
     outcomes: dict[int, dict[str, list[ItemOutcome]]] = field(default_factory=dict)
 
 
-def split_eval(result: StageEval | dict) -> tuple[dict[str, Any], dict[str, list[ItemOutcome]]]:
-    """``(metrics summary, outcomes)`` of an evaluate stage's result (a legacy dict has no outcomes)."""
-    if isinstance(result, StageEval):
-        return result.summary(), result.outcomes
-    return result, {}
+@runtime_checkable
+class Stages(Protocol):
+    """What an experiment run needs from the library, one method per stage (see the module doc).
 
+    Implementations may subclass :class:`LibraryStages` to replace some stages and keep the others.
+    """
 
-def split_chronic(result: StageChronic | list) -> tuple[list[dict[str, Any]], dict[int, dict[str, list[ItemOutcome]]]]:
-    """``(cycle rows, {cycle: outcomes})`` of a chronic stage's result (a legacy list has no outcomes)."""
-    if isinstance(result, StageChronic):
-        return result.cycles, result.outcomes
-    return result, {}
+    def prepare(self, model: ModelSpec, pruning: PruningSpec, seed: int, cache_dir: Path) -> Prepared:
+        """Load ``model``, prune it as ``pruning`` says (seeded), caching the pruned checkpoint in ``cache_dir``."""
+        ...
 
+    def clone(self, model: Any) -> Any:
+        """An independent copy of ``model`` (a run and its stress tests never touch the prepared model)."""
+        ...
 
-@dataclass
-class Stages:
-    """Pluggable stage functions (see module doc for the shapes of their results)."""
+    def trainable_params(self, model: Any, mechanism: Mechanism) -> int:
+        """LoRA trainable parameters ``mechanism`` adds to ``model`` (the ``P`` of the isodose formulas)."""
+        ...
 
-    prepare: Callable[[dict, dict, int, Path], Prepared]
-    clone: Callable[[Any], Any]
-    trainable_params: Callable[[Any, dict], int]
-    recover: Callable[[Any, Any, dict, dict, int, int], tuple[Any, dict]]
-    evaluate: Callable[[Any, Any, dict, list[str]], StageEval | dict]
-    relapse: Callable[[Any, float], dict]
-    chronic: Callable[[Any, Any, dict, dict, dict, dict, int], StageChronic | list[dict]]
-    mechanisms: Callable[[], dict[str, dict]]
-    # checks names (criteria, searches, tasks) before any work; errors name the spec field
-    validate: Callable[[Any], None] = lambda spec: None
-    # honest isodose only: the base's forward FLOPs per token F at (model, seq_len), and the tokens one epoch
-    # processes without padding at (tokenizer, training, seed); defaults are the real ones
-    base_flops_per_token: Callable[[Any, int], float] = lambda model, seq_len: real_base_flops_per_token(model, seq_len)
-    epoch_tokens: Callable[[Any, dict, int], int] = lambda tok, training, seed: real_epoch_tokens(tok, training, seed)
+    def recover(self, model: Any, tokenizer: Any, mechanism: Mechanism, training: TrainingSpec, epochs: int,
+                seed: int) -> tuple[Any, RecoveryInfo]:
+        """Train ``mechanism`` for ``epochs`` on the ``training`` data and merge it; the model and its figures."""
+        ...
+
+    def evaluate(self, model: Any, tokenizer: Any, eval_spec: EvalSpec, tasks: Sequence[str]) -> StageEval:
+        """Score ``tasks`` with ``eval_spec``'s limits, item seed, batch size and prompt protocol."""
+        ...
+
+    def relapse(self, model: Any, fraction: float) -> dict[str, Any]:
+        """Acute relapse: prune ``fraction`` more of ``model`` in place; the stress stage's report as JSON."""
+        ...
+
+    def chronic(self, model: Any, tokenizer: Any, mechanism: Mechanism, chronic: ChronicSpec,
+                training: TrainingSpec, eval_spec: EvalSpec, seed: int) -> StageChronic:
+        """Chronic stress: ``chronic.cycles`` rounds of pruning + maintenance tunes, evaluated every cycle."""
+        ...
+
+    def mechanisms(self) -> Mapping[str, Mechanism]:
+        """The built-in mechanisms a spec may name."""
+        ...
+
+    def validate(self, spec: ExperimentSpec) -> None:
+        """Check every registry name in ``spec`` before any work; errors name the spec field."""
+        ...
+
+    def base_flops_per_token(self, model: Any, seq_len: int) -> float:
+        """Honest isodose only: the base's forward FLOPs per token ``F`` at context ``seq_len``."""
+        ...
+
+    def epoch_tokens(self, tokenizer: Any, training: TrainingSpec, seed: int) -> int:
+        """Honest isodose without padding: the tokens one epoch of the seed's recovery data processes."""
+        ...
 
 
 def add_composite(scores: dict[str, float], parts: tuple[str, ...] = STUDY_COMPOSITE) -> dict[str, float]:
@@ -100,7 +132,20 @@ def add_composite(scores: dict[str, float], parts: tuple[str, ...] = STUDY_COMPO
     return with_composite(scores, parts)
 
 
-# ------------------------------------------------------------------------------------------ real stages
+def get_stages() -> Stages:
+    """The library's stages, or ``$PRUNELAB_STAGES`` (``package.module:factory``) when set."""
+    target = os.environ.get(STAGES_ENV)
+    if not target:
+        return LibraryStages()
+    mod, _, attr = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod), attr or "stages")
+    except (ImportError, AttributeError) as exc:
+        raise PrunelabError(f"${STAGES_ENV}={target!r} cannot be imported ({exc})") from None
+    return factory()
+
+
+# ------------------------------------------------------------------------------------------ library stages
 def _structure(model: Any) -> dict[str, Any]:
     from prunelab.models import count_parameters, flops_per_token, layer_shapes
 
@@ -114,47 +159,47 @@ def _structure(model: Any) -> dict[str, Any]:
     }
 
 
-def _calibration(tokenizer: Any, cal: dict, seed: int):
+def _calibration(tokenizer: Any, calibration: Any, seed: int):
     from prunelab.data import calibration_batch
 
-    return calibration_batch(tokenizer, n_samples=cal["samples"], seq_len=cal["seq_len"], source=cal["source"], seed=seed)
+    return calibration_batch(tokenizer, n_samples=calibration.samples, seq_len=calibration.seq_len,
+                             source=calibration.source, seed=seed)
 
 
-def _prune(lm: Any, pruning: dict, seed: int) -> dict[str, Any]:
-    """Prune ``lm.model`` in place as ``pruning`` says; returns a JSON-able summary."""
+def _prune(lm: Any, pruning: PruningSpec, seed: int) -> dict[str, Any]:
+    """Prune ``lm.model`` in place as ``pruning`` says; returns the :class:`PruningInfo` fields it determines."""
     from prunelab.atomic import to_jsonable
 
-    kind = pruning["kind"]
-    if kind == "width":
-        cal = pruning["calibration"]
-        if pruning["adaptive"]:
+    if pruning.kind == "width":
+        calibration = pruning.calibration
+        if pruning.adaptive:
             from prunelab.prune.adaptive import adapt_prune
 
-            rep = adapt_prune(lm.model, lm.tokenizer, ratio=pruning["ratio"], amplitude=pruning["amplitude"],
-                              steps=pruning["steps"], calibration=_calibration(lm.tokenizer, cal, seed),
-                              repair=pruning.get("repair", "none"), ridge=pruning.get("ridge"))
+            report = adapt_prune(lm.model, lm.tokenizer, ratio=pruning.ratio, amplitude=pruning.amplitude,
+                                 steps=pruning.steps, calibration=_calibration(lm.tokenizer, calibration, seed),
+                                 repair=pruning.repair, ridge=pruning.ridge)
         else:
             from prunelab.prune.width import prune_width
 
-            rep = prune_width(lm.model, lm.tokenizer, criterion=pruning["criterion"], ratio=pruning["ratio"],
-                              expansion_ratio=pruning["expansion_ratio"], heads_ratio=pruning["heads_ratio"],
-                              round_to=pruning["round_to"], seed=seed, calibration_samples=cal["samples"],
-                              calibration_seq_len=cal["seq_len"], calibration_source=cal["source"],
-                              repair=pruning.get("repair", "none"), ridge=pruning.get("ridge"))
-        return {"report": _small(to_jsonable(rep))}
-    if kind == "depth":
+            report = prune_width(lm.model, lm.tokenizer, criterion=pruning.criterion, ratio=pruning.ratio,
+                                 expansion_ratio=pruning.expansion_ratio, heads_ratio=pruning.heads_ratio,
+                                 round_to=pruning.round_to, seed=seed, calibration_samples=calibration.samples,
+                                 calibration_seq_len=calibration.seq_len, calibration_source=calibration.source,
+                                 repair=pruning.repair, ridge=pruning.ridge)
+        return {"report": _small(to_jsonable(report))}
+    if pruning.kind == "depth":
         from prunelab.models import remove_layers
         from prunelab.prune.depth import search_blocks
 
-        cal = pruning["calibration"]
-        res = search_blocks(lm.model, k=pruning["k"], objective=pruning["objective"], search=pruning["search"],
-                            seed=seed, tokenizer=lm.tokenizer,
-                            calibration_options={"n_samples": cal["samples"], "seq_len": cal["seq_len"],
-                                                 "source": cal["source"]})
-        removed = sorted(int(i) for i in res.removed)
+        calibration = pruning.calibration
+        found = search_blocks(lm.model, k=pruning.k, objective=pruning.objective, search=pruning.search,
+                              seed=seed, tokenizer=lm.tokenizer,
+                              calibration_options={"n_samples": calibration.samples, "seq_len": calibration.seq_len,
+                                                   "source": calibration.source})
+        removed = sorted(int(i) for i in found.removed)
         remove_layers(lm.model, removed)
-        return {"removed_layers": removed, "objective_value": float(res.objective_value),
-                "search_seconds": float(res.seconds)}
+        return {"removed_layers": removed, "objective_value": float(found.objective_value),
+                "search_seconds": float(found.seconds)}
     return {}
 
 
@@ -166,7 +211,7 @@ def _small(obj: Any, limit: int = 2000) -> Any:
     return obj
 
 
-def real_prepare(model_cfg: dict, pruning: dict, seed: int, cache_dir: Path) -> Prepared:
+def real_prepare(model_spec: ModelSpec, pruning: PruningSpec, seed: int, cache_dir: Path) -> Prepared:
     """Load the model, prune it, and cache the pruned checkpoint in ``cache_dir`` (keyed by hash by the caller)."""
     import time
 
@@ -176,51 +221,44 @@ def real_prepare(model_cfg: dict, pruning: dict, seed: int, cache_dir: Path) -> 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     info_path, model_dir = cache_dir / "info.json", cache_dir / "model"
-    if pruning["kind"] != "none" and info_path.is_file() and model_dir.is_dir():
-        lm = load(str(model_dir), dtype=model_cfg.get("dtype", "auto"))
-        info = json.loads(info_path.read_text())
+    if pruning.kind != "none" and info_path.is_file() and model_dir.is_dir():
+        lm = load(str(model_dir), dtype=model_spec.dtype)
+        info = PruningInfo.model_validate(json.loads(info_path.read_text()))
         timings["load"] = time.perf_counter() - t0
         return Prepared(lm.model, lm.tokenizer, info, timings)
-    lm = load(model_cfg["source"], dtype=model_cfg.get("dtype", "auto"))
+    lm = load(model_spec.source, dtype=model_spec.dtype)
     timings["load"] = time.perf_counter() - t0
     original = _structure(lm.model)
     t1 = time.perf_counter()
     summary = _prune(lm, pruning, seed)
     timings["prune"] = time.perf_counter() - t1
-    info = {**_structure(lm.model), "original": original, "pruning": pruning["kind"], **summary}
-    if pruning["kind"] != "none":
-        save(lm.model, lm.tokenizer, model_dir, metadata={"pruning": pruning, "seed": seed})
-        write_json(info_path, info)  # written after the model, so its presence means the cache is complete
+    info = PruningInfo.model_validate({**_structure(lm.model), "original": original, "pruning": pruning.kind,
+                                       **summary})
+    if pruning.kind != "none":
+        save(lm.model, lm.tokenizer, model_dir, metadata={"pruning": pruning.model_dump(), "seed": seed})
+        # written after the model, so its presence means the cache is complete
+        write_json(info_path, info.model_dump(mode="json"))
     return Prepared(lm.model, lm.tokenizer, info, timings)
 
 
-def _mechanism(mech: dict) -> Any:
-    from prunelab.recover import Mechanism
-
-    return Mechanism(name=mech["name"], r=mech["r"], alpha=mech["alpha"], targets=tuple(mech["targets"]),
-                     dropout=mech["dropout"], lr=mech["lr"])
-
-
-def real_trainable_params(model: Any, mech: dict) -> int:
+def real_trainable_params(model: Any, mechanism: Mechanism) -> int:
     """LoRA trainable parameters ``Σ r·(in + out)`` over the targeted linears (the recovery stage's count)."""
     from prunelab.recover import count_trainable_lora_params
 
-    return int(count_trainable_lora_params(model, _mechanism(mech)))
+    return int(count_trainable_lora_params(model, mechanism))
 
 
-def real_recover(model: Any, tokenizer: Any, mech: dict, training: dict, epochs: int, seed: int) -> tuple[Any, dict]:
+def real_recover(model: Any, tokenizer: Any, mechanism: Mechanism, training: TrainingSpec, epochs: int,
+                 seed: int) -> tuple[Any, RecoveryInfo]:
     from prunelab.atomic import to_jsonable
     from prunelab.data import dolly_split
     from prunelab.recover import recover
 
-    split = dolly_split(n_train=training["samples"], n_held_out=training["held_out"], seed=seed)
-    res = recover(model, tokenizer, _mechanism(mech), split.train, epochs=epochs, seq_len=training["seq_len"],
-                  pad_to_max=training["pad"], batch_size=training["batch_size"], grad_accum=training["grad_accum"],
-                  seed=seed, merge=True)
-    keep = ("steps", "tokens", "flops", "honest_flops", "base_flops_per_token", "initial_loss", "final_loss",
-            "seconds", "tokens_per_second")
-    data = to_jsonable(res)
-    return res.model, {k: data[k] for k in keep if k in data}
+    split = dolly_split(n_train=training.samples, n_held_out=training.held_out, seed=seed)
+    result = recover(model, tokenizer, mechanism, split.train, epochs=epochs, seq_len=training.seq_len,
+                     pad_to_max=training.pad, batch_size=training.batch_size, grad_accum=training.grad_accum,
+                     seed=seed, merge=True)
+    return result.model, RecoveryInfo.model_validate(to_jsonable(result))
 
 
 def real_base_flops_per_token(model: Any, seq_len: int) -> float:
@@ -230,95 +268,89 @@ def real_base_flops_per_token(model: Any, seq_len: int) -> float:
     return float(base_forward_flops_per_token(model, seq_len))
 
 
-def real_epoch_tokens(tokenizer: Any, training: dict, seed: int) -> int:
+def real_epoch_tokens(tokenizer: Any, training: TrainingSpec, seed: int) -> int:
     """Tokens one padding-free epoch processes: the real token count of the seed's Dolly training records
     (what the recovery stage's Trainer counts)."""
     from prunelab.data import dolly_split
     from prunelab.recover import tokenize_records
 
-    split = dolly_split(n_train=training["samples"], n_held_out=training["held_out"], seed=seed)
-    return sum(len(r["input_ids"]) for r in tokenize_records(tokenizer, split.train, seq_len=training["seq_len"],
+    split = dolly_split(n_train=training.samples, n_held_out=training.held_out, seed=seed)
+    return sum(len(r["input_ids"]) for r in tokenize_records(tokenizer, split.train, seq_len=training.seq_len,
                                                                pad_to_max=False))
 
 
-def real_evaluate(model: Any, tokenizer: Any, ev: dict, tasks: list[str]) -> StageEval:
+def real_evaluate(model: Any, tokenizer: Any, eval_spec: EvalSpec, tasks: Sequence[str]) -> StageEval:
     from prunelab.evaluate import evaluate
 
-    limits = ev.get("limits") or {}
-    by_limit: dict[Any, list[str]] = {}
-    for t in tasks:
-        by_limit.setdefault(limits.get(t, ev.get("limit")), []).append(t)
+    by_limit: dict[int | None, list[str]] = {}
+    for task in tasks:
+        by_limit.setdefault(eval_spec.limit_for(task), []).append(task)
     scores: dict[str, float] = {}
     n: dict[str, int] = {}
     protocol: dict[str, str] = {}
     outcomes: dict[str, list[ItemOutcome]] = {}
-    deps: dict[str, list[ItemOutcome]] = {}
+    dependencies: dict[str, list[ItemOutcome]] = {}
     for limit, group in by_limit.items():
-        rep = evaluate(model, tokenizer, group, limit=limit, seed=ev.get("seed", 0), batch_size=ev.get("batch_size", 8),
-                       protocol=ev.get("protocol", "raw"))  # configs stored before protocols existed ran raw
-        for t, res in rep.results.items():
-            scores[t] = float(rep.score(t))
-            n[t] = int(res.n)
-            if "protocol" in res.details:
-                protocol[t] = str(res.details["protocol"])
-            if res.outcomes:
-                outcomes[t] = list(res.outcomes)
-        for t, res in rep.dependencies.items():  # composite's parts, when only composite was asked for
-            if res.outcomes:
-                deps.setdefault(t, list(res.outcomes))
-    for t, items in deps.items():  # a part requested itself (possibly at its own limit) keeps its own items
-        outcomes.setdefault(t, items)
-    return StageEval(add_composite(scores, composite_parts(ev)), n, outcomes, protocol)
+        report = evaluate(model, tokenizer, group, limit=limit, seed=eval_spec.seed, batch_size=eval_spec.batch_size,
+                          protocol=eval_spec.protocol)
+        for task, result in report.results.items():
+            scores[task] = float(report.score(task))
+            n[task] = int(result.n)
+            if "protocol" in result.details:
+                protocol[task] = str(result.details["protocol"])
+            if result.outcomes:
+                outcomes[task] = list(result.outcomes)
+        for task, result in report.dependencies.items():  # composite's parts, when only composite was asked for
+            if result.outcomes:
+                dependencies.setdefault(task, list(result.outcomes))
+    for task, items in dependencies.items():  # a part requested itself (possibly at its own limit) keeps its items
+        outcomes.setdefault(task, items)
+    return StageEval(add_composite(scores, tuple(eval_spec.composite)), n, outcomes, protocol)
 
 
-def real_relapse(model: Any, fraction: float) -> dict:
+def real_relapse(model: Any, fraction: float) -> dict[str, Any]:
     from prunelab.atomic import to_jsonable
     from prunelab.stress import relapse
 
-    rep = relapse(model, fraction=fraction)
-    return {"report": _small(to_jsonable(rep))}
+    return _small(to_jsonable(relapse(model, fraction=fraction)))
 
 
-def real_chronic(model: Any, tokenizer: Any, mech: dict, ch: dict, training: dict, ev: dict,
-                 seed: int) -> StageChronic:
+def real_chronic(model: Any, tokenizer: Any, mechanism: Mechanism, chronic_spec: ChronicSpec, training: TrainingSpec,
+                 eval_spec: EvalSpec, seed: int) -> StageChronic:
     """Chronic stress (``prunelab.stress.chronic``); cycle 0 is the treated model. Maintenance tunes use the
     ``held_out`` Dolly items (disjoint from the recovery set of the same seed)."""
     from prunelab.data import dolly_split
     from prunelab.stress import chronic
     from prunelab.stress.chronic import default_tune_fn
 
-    split = dolly_split(n_train=training["samples"], n_held_out=training["held_out"], seed=seed)
+    split = dolly_split(n_train=training.samples, n_held_out=training.held_out, seed=seed)
     if not split.held_out:
-        from prunelab.errors import PrunelabError
-
         raise PrunelabError("training.held_out must be ≥ 1 for chronic stress (maintenance tunes need data)")
-    tasks = list(ch["tasks"])
+    tasks = list(chronic_spec.tasks)
     per_cycle: list[dict[str, list[ItemOutcome]]] = []  # chronic() evaluates cycle 0, 1, ... in order
 
     def eval_fn(m: Any, tok: Any) -> dict[str, float]:
-        res = real_evaluate(m, tok, ev, tasks)
-        per_cycle.append(res.outcomes)
-        return res.scores
+        result = real_evaluate(m, tok, eval_spec, tasks)
+        per_cycle.append(result.outcomes)
+        return result.scores
 
-    rep = chronic(model, tokenizer, _mechanism(mech), cycles=ch["cycles"], step=ch["step"],
-                  maintenance_epochs=ch["maintenance_epochs"], records=split.held_out, seq_len=training["seq_len"],
-                  tasks=tasks, seed=seed, eval_fn=eval_fn,
-                  tune_fn=default_tune_fn(training["seq_len"], seed, pad_to_max=training["pad"]))
-    rows = [{"cycle": r.cycle, "scores": dict(r.scores), "sparsity": r.sparsity, "loss": r.loss} for r in rep.rows]
-    if len(per_cycle) != len(rep.rows):  # chronic() calls eval_fn exactly once per cycle row
-        raise RuntimeError(f"chronic evaluated {len(per_cycle)} times for {len(rep.rows)} cycles")
-    return StageChronic(rows, {r.cycle: o for r, o in zip(rep.rows, per_cycle)})
+    report = chronic(model, tokenizer, mechanism, cycles=chronic_spec.cycles, step=chronic_spec.step,
+                     maintenance_epochs=chronic_spec.maintenance_epochs, records=split.held_out,
+                     seq_len=training.seq_len, tasks=tasks, seed=seed, eval_fn=eval_fn,
+                     tune_fn=default_tune_fn(training.seq_len, seed, pad_to_max=training.pad))
+    rows = [ChronicCycle(cycle=r.cycle, scores=dict(r.scores), sparsity=r.sparsity, loss=r.loss) for r in report.rows]
+    if len(per_cycle) != len(report.rows):  # chronic() calls eval_fn exactly once per cycle row
+        raise RuntimeError(f"chronic evaluated {len(per_cycle)} times for {len(report.rows)} cycles")
+    return StageChronic(rows, {r.cycle: o for r, o in zip(report.rows, per_cycle, strict=True)})
 
 
-def real_mechanisms() -> dict[str, dict]:
+def real_mechanisms() -> dict[str, Mechanism]:
     from prunelab.experiments.spec import builtin_mechanisms
 
     return builtin_mechanisms()
 
 
 def _check(registry: Any, name: str, where: str) -> None:
-    from prunelab.errors import PrunelabError
-
     try:
         registry.get(name)
     except PrunelabError as exc:
@@ -376,8 +408,44 @@ def _check_chat_templates(spec: Any) -> None:
             raise PrunelabError(f"eval.protocol: model '{m.name}': {exc}") from None
 
 
+class LibraryStages:
+    """The library's stages (the ``real_*`` functions above); subclass to replace some of them."""
+
+    def prepare(self, model: ModelSpec, pruning: PruningSpec, seed: int, cache_dir: Path) -> Prepared:
+        return real_prepare(model, pruning, seed, cache_dir)
+
+    def clone(self, model: Any) -> Any:
+        return copy.deepcopy(model)
+
+    def trainable_params(self, model: Any, mechanism: Mechanism) -> int:
+        return real_trainable_params(model, mechanism)
+
+    def recover(self, model: Any, tokenizer: Any, mechanism: Mechanism, training: TrainingSpec, epochs: int,
+                seed: int) -> tuple[Any, RecoveryInfo]:
+        return real_recover(model, tokenizer, mechanism, training, epochs, seed)
+
+    def evaluate(self, model: Any, tokenizer: Any, eval_spec: EvalSpec, tasks: Sequence[str]) -> StageEval:
+        return real_evaluate(model, tokenizer, eval_spec, tasks)
+
+    def relapse(self, model: Any, fraction: float) -> dict[str, Any]:
+        return real_relapse(model, fraction)
+
+    def chronic(self, model: Any, tokenizer: Any, mechanism: Mechanism, chronic: ChronicSpec,
+                training: TrainingSpec, eval_spec: EvalSpec, seed: int) -> StageChronic:
+        return real_chronic(model, tokenizer, mechanism, chronic, training, eval_spec, seed)
+
+    def mechanisms(self) -> Mapping[str, Mechanism]:
+        return real_mechanisms()
+
+    def validate(self, spec: ExperimentSpec) -> None:
+        real_validate(spec)
+
+    def base_flops_per_token(self, model: Any, seq_len: int) -> float:
+        return real_base_flops_per_token(model, seq_len)
+
+    def epoch_tokens(self, tokenizer: Any, training: TrainingSpec, seed: int) -> int:
+        return real_epoch_tokens(tokenizer, training, seed)
+
+
 def real_stages() -> Stages:
-    return Stages(prepare=real_prepare, clone=copy.deepcopy,
-                  trainable_params=real_trainable_params, recover=real_recover, evaluate=real_evaluate,
-                  relapse=real_relapse, chronic=real_chronic, mechanisms=real_mechanisms,
-                  validate=real_validate)
+    return LibraryStages()

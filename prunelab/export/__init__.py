@@ -1,6 +1,6 @@
 """Serve what you prune: GGUF export for llama.cpp, vanilla-loadable zero padding, model cards."""
 
-from prunelab.export.card import model_card, source_info, write_model_card
+from prunelab.models.card import model_card, source_info, write_model_card
 from prunelab.export.gguf import OUTTYPES, GGUFExportReport, export_gguf
 from prunelab.export.hf_pad import PadReport, pad_uniform, uniform_shape
 

@@ -217,7 +217,7 @@ def save(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None
 
     The config is first synced with the actual layer shapes (:func:`~prunelab.models.surgery.sync_config`).
     ``metadata`` (e.g. how the model was pruned) is written to ``prunelab.json`` beside the weights, and a
-    model card ``README.md`` (:mod:`prunelab.export.card`) describes the model in Hugging Face's format.
+    model card ``README.md`` (:mod:`prunelab.models.card`) describes the model in Hugging Face's format.
     An existing ``out_dir`` is replaced only if prunelab wrote it (or it is empty), unless ``overwrite``;
     the rule and the refusals are :mod:`prunelab.atomic`'s (checked on entry, before anything is written).
     """
@@ -234,7 +234,7 @@ def save(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None
 
             (tmp / "prunelab.json").write_text(json.dumps(to_jsonable(metadata), indent=2) + "\n")
         # Hugging Face model card (README.md): recipe, shapes, how to load; inside the atomic folder
-        from prunelab.export.card import write_model_card
+        from prunelab.models.card import write_model_card
 
         write_model_card(model, tmp, metadata)
     return out

@@ -1,11 +1,11 @@
 """Depth pruning: choose ``k`` blocks to remove by a search under a calibration objective, then remove them.
 
-``S* = argmin_{|S|=k} L(D; θ ⊙ m_S)`` (DESIGN §4; "Rethinking Layer Redundancy", eq. 2). Objectives live in
-:mod:`prunelab.prune.depth_eval` (:data:`OBJECTIVES`: ``perplexity``, ``margin``; the cached
-:class:`BlockEvaluator`), searches in :mod:`prunelab.prune.depth_search` (:data:`SEARCHES`: ``one-shot``,
-``greedy``, ``beam``, ``ga``, ``bo``, ``cbo``, ``fast-block-select``). Block removal itself is the foundation's
-:func:`prunelab.models.surgery.remove_layers` (renumbers ``layer_idx`` for the KV cache, updates
-``num_hidden_layers`` and ``layer_types``).
+``S* = argmin_{|S|=k} L(D; θ ⊙ m_S)`` ("Rethinking Layer Redundancy", eq. 2). Objectives live in
+:mod:`prunelab.prune.depth_objectives` (:data:`OBJECTIVES`: ``perplexity``, ``margin``), the cached
+:class:`BlockEvaluator` in :mod:`prunelab.prune.block_evaluator`, searches in :mod:`prunelab.prune.depth_search`
+(:data:`SEARCHES`: ``one-shot``, ``greedy``, ``beam``, ``ga``, ``bo``, ``cbo``, ``fast-block-select``). Block
+removal itself is the foundation's :func:`prunelab.models.surgery.remove_layers` (renumbers ``layer_idx`` for the
+KV cache, updates ``num_hidden_layers`` and ``layer_types``).
 
     res = search_blocks(model, k=7, objective="perplexity", search="greedy", tokenizer=tok)
     remove_layers(model, res.removed)
@@ -20,10 +20,12 @@ from typing import Any
 
 from torch import nn
 
+from prunelab.data.mc_calibration import load_mc_calibration
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
 from prunelab.models.surgery import remove_layers
-from prunelab.prune.depth_eval import OBJECTIVES, BlockEvaluator, Objective, blocks_removed, load_mc_calibration
+from prunelab.prune.block_evaluator import BlockEvaluator, blocks_removed
+from prunelab.prune.depth_objectives import OBJECTIVES, Objective
 from prunelab.prune.depth_search import SEARCH_DEFAULTS, SEARCHES, minimise_quadratic
 from prunelab.prune.repair import DEFAULT_RIDGE
 

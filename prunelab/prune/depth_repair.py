@@ -317,7 +317,7 @@ class CompensatedEvaluator:
 
     @torch.no_grad()
     def __call__(self, removed: Iterable[int]) -> float:
-        from prunelab.prune.depth_eval import blocks_removed
+        from prunelab.prune.block_evaluator import blocks_removed
 
         s = frozenset(int(i) for i in removed)
         self.requests += 1

@@ -40,7 +40,7 @@ def _key(val: float, s) -> tuple:
 
 def evaluate_all(ev, sets: list) -> list[float]:
     """``[ev(s) for s in sets]``, through ``ev.evaluate_many`` when the evaluator has it (the cached
-    :class:`~prunelab.prune.depth_eval.BlockEvaluator` runs independent candidates together)."""
+    :class:`~prunelab.prune.block_evaluator.BlockEvaluator` runs independent candidates together)."""
     many = getattr(ev, "evaluate_many", None)
     return list(many(sets)) if many is not None else [ev(s) for s in sets]
 

@@ -73,7 +73,11 @@ def isodose_epochs_exact(budget: float, trainable_params: int, seq_len: int, n_s
 
 def isodose_epochs(budget: float, trainable_params: int, seq_len: int, n_samples: int,
                    strict: bool = False) -> int:
-    """Epochs that spend ``budget`` by the study's formula: ``max(1, round(budget / (6·P·L·N)))``.
+    """Epochs that spend a given ``budget`` by the study's formula: ``max(1, round(budget / (6·P·L·N)))``.
+
+    The budget-first form of the study's rounding; a run's epochs from an isodose *reference* (either formula)
+    are solved by :func:`solve_isodose`, the one solver the experiment runner and
+    :func:`prunelab.recover.train.recover_isodose` call.
 
     A budget below half an epoch (which would round to 0) is clamped to 1 epoch with a ``UserWarning`` that
     says how much the run overspends, since the spec requires ≥ 1 epoch; ``strict=True`` raises instead.

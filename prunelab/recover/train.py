@@ -1,9 +1,10 @@
 """LoRA recovery with PEFT + the HF Trainer (study: recovery-isodose, "Parameter-Efficient Fine-Tuning").
 
-Recipe (spec §5): per-device batch 4, gradient accumulation 4 (effective 16), AdamW, linear warm-up over the
-first 10 % of optimizer steps then linear decay to 0 (Trainer's ``linear`` schedule), gradient clipping at 1.0
-(Trainer default), everything seeded. Data: instruction–response pairs in the study's one prompt format
-(:func:`prunelab.data.format_example`) followed by EOS, truncated to ``seq_len`` tokens.
+Recipe (the recovery-isodose study's fine-tuning setup): per-device batch 4, gradient accumulation 4 (effective
+16), AdamW, linear warm-up over the first 10 % of optimizer steps then linear decay to 0 (Trainer's ``linear`` schedule), gradient clipping at 1.0
+(Trainer default), everything seeded. Data (:mod:`prunelab.recover.training_data`): instruction–response pairs
+in the study's one prompt format (:func:`prunelab.data.format_example`) followed by EOS, truncated to ``seq_len``
+tokens; callbacks (NaN guard, progress bar) in :mod:`prunelab.recover.callbacks`.
 
 * ``pad_to_max=True`` (the study): every sample padded to exactly ``seq_len`` tokens; the model processes
   ``N·L`` tokens per epoch, which is what the isodose formula assumes.
@@ -35,82 +36,18 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.recover.callbacks import nan_guard, progress_bar, trainable_parameters
 from prunelab.recover.isodose import base_forward_flops_per_token, honest_flops, train_flops
 from prunelab.recover.mechanisms import Mechanism, count_trainable_lora_params, get_mechanism, lora_target_linears
+from prunelab.recover.training_data import collator, tokenize_records
+
+__all__ = ["BATCH_SIZE", "GRAD_ACCUM", "WARMUP_RATIO", "RecoveryResult", "TrainStats", "lora_config", "recover",
+           "recover_isodose", "run_trainer", "tokenize_records"]
 
 #: Study defaults.
 BATCH_SIZE = 4
 GRAD_ACCUM = 4
 WARMUP_RATIO = 0.1
-
-
-# ----------------------------------------------------------------------------------------------------------
-# data
-# ----------------------------------------------------------------------------------------------------------
-def _prompt_response(record: Any) -> tuple[str, str]:
-    """``(prompt, response)`` from a DollyRecord-like object, a ``(prompt, response)`` pair or a dict."""
-    from prunelab.data import format_example
-
-    if isinstance(record, (tuple, list)) and len(record) == 2:
-        return str(record[0]), str(record[1])
-    if isinstance(record, dict):
-        if "prompt" in record:
-            return str(record["prompt"]), str(record.get("response", ""))
-        from prunelab.data import format_prompt
-
-        return format_prompt(record.get("instruction", ""), record.get("context", "")), str(record.get("response", "")).strip()
-    if hasattr(record, "instruction") and hasattr(record, "response"):
-        return format_example(record)
-    raise PrunelabError(f"cannot use a {type(record).__name__} as a training record (need instruction/response)")
-
-
-def tokenize_records(tokenizer, records: Sequence[Any], seq_len: int = 512, pad_to_max: bool = True,
-                     loss_on: str = "all") -> list[dict[str, list[int]]]:
-    """Tokenise ``prompt + response + EOS`` per record, truncated to ``seq_len`` (padded to it if asked).
-
-    ``labels`` are the input ids with padding (and, for ``loss_on="response"``, the prompt) set to -100.
-    Padding is decided by the attention mask, not by token id, because many tokenizers pad with EOS.
-    """
-    if loss_on not in ("all", "response"):
-        raise PrunelabError(f"loss_on must be 'all' or 'response', got '{loss_on}'")
-    if seq_len < 2:
-        raise PrunelabError(f"seq_len must be ≥ 2, got {seq_len}")
-    if not records:
-        raise PrunelabError("no training records given")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    eos = tokenizer.eos_token or ""
-    out = []
-    for rec in records:
-        prompt, response = _prompt_response(rec)
-        ids = tokenizer(prompt + response + eos, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
-        labels = list(ids)
-        if loss_on == "response":
-            n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-            labels[: min(n_prompt, len(labels))] = [-100] * min(n_prompt, len(labels))
-        mask = [1] * len(ids)
-        if pad_to_max and len(ids) < seq_len:
-            pad = seq_len - len(ids)
-            ids = list(ids) + [tokenizer.pad_token_id] * pad
-            labels = labels + [-100] * pad
-            mask = mask + [0] * pad
-        out.append({"input_ids": list(ids), "attention_mask": mask, "labels": labels})
-    return out
-
-
-def _collator(pad_to_max: bool):
-    from transformers import DataCollatorWithFlattening, default_data_collator
-
-    if pad_to_max:
-        return default_data_collator
-
-    flatten = DataCollatorWithFlattening(return_position_ids=True)
-
-    def collate(features):
-        # DataCollatorWithFlattening wants no attention_mask (the packed mask comes from position_ids)
-        return flatten([{k: v for k, v in f.items() if k != "attention_mask"} for f in features])
-
-    return collate
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,95 +103,6 @@ class RecoveryResult:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# callbacks
-# ----------------------------------------------------------------------------------------------------------
-def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _make_nan_guard(model: nn.Module):
-    """A TrainerCallback that snapshots trainable weights and stops at the first non-finite loss/weight."""
-    from transformers import TrainerCallback
-
-    class NanGuard(TrainerCallback):
-        def __init__(self) -> None:
-            self.params = _trainable(model)
-            self.pending: dict[str, torch.Tensor] | None = None
-            self.last_good: dict[str, torch.Tensor] | None = None
-            self.last_good_step = -1
-            self.bad_step: int | None = None
-            self.bad_what = ""
-
-        def _snapshot(self) -> dict[str, torch.Tensor]:
-            return {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.pending = self._snapshot()
-
-        def on_step_begin(self, args, state, control, **kw):
-            # the loss logged after this step is computed with these weights
-            self.pending = self._snapshot()
-
-        def on_step_end(self, args, state, control, **kw):
-            if not all(torch.isfinite(p).all() for p in self.params.values()):
-                self._stop(state, control, "a trainable weight")
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or "loss" not in logs:
-                return
-            if math.isfinite(float(logs["loss"])):
-                if self.bad_step is None:
-                    self.last_good, self.last_good_step = self.pending, state.global_step - 1
-            else:
-                self._stop(state, control, "the training loss")
-
-        def _stop(self, state, control, what: str) -> None:
-            if self.bad_step is None:
-                self.bad_step, self.bad_what = state.global_step, what
-            control.should_training_stop = True
-
-        def restore(self) -> None:
-            good = self.last_good if self.last_good is not None else None
-            if good is None:
-                return
-            with torch.no_grad():
-                for n, p in self.params.items():
-                    p.copy_(good[n].to(p.device))
-
-    return NanGuard()
-
-
-def _make_progress(total_steps: int, description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from transformers import TrainerCallback
-
-    from prunelab.console import err_console
-
-    class RichProgress(TrainerCallback):
-        def __init__(self) -> None:
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                                     console=err_console, transient=True)
-            self.task = None
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.progress.start()
-            self.task = self.progress.add_task(description, total=state.max_steps or total_steps, loss="-")
-
-        def on_step_end(self, args, state, control, **kw):
-            self.progress.update(self.task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self.progress.update(self.task, loss=f"{float(logs['loss']):.4f}")
-
-        def on_train_end(self, args, state, control, **kw):
-            self.progress.stop()
-
-    return RichProgress()
-
-
-# ----------------------------------------------------------------------------------------------------------
 # trainer
 # ----------------------------------------------------------------------------------------------------------
 def run_trainer(model: nn.Module, tokenizer, dataset: list[dict], *, lr: float, epochs: float, pad_to_max: bool,
@@ -272,7 +120,7 @@ def run_trainer(model: nn.Module, tokenizer, dataset: list[dict], *, lr: float, 
         raise PrunelabError(f"max_steps must be ≥ 1, got {max_steps}")
     if not epochs > 0:
         raise PrunelabError(f"epochs must be positive, got {epochs}")
-    if not _trainable(model):
+    if not trainable_parameters(model):
         raise PrunelabError("the model has no trainable parameters")
     tmp = Path(tempfile.mkdtemp(prefix="prunelab-train-"))
     args = TrainingArguments(
@@ -304,12 +152,12 @@ def run_trainer(model: nn.Module, tokenizer, dataset: list[dict], *, lr: float, 
     # which would let samples attend to each other.
     config = getattr(model, "config", None)
     old_use_cache = getattr(config, "use_cache", None)
-    guard = _make_nan_guard(model)
+    guard = nan_guard(model)
     cbs = [guard, *callbacks]
     steps_estimate = max_steps or math.ceil(math.ceil(len(dataset) / batch_size) / grad_accum * epochs)
     if progress:
-        cbs.append(_make_progress(steps_estimate, description))
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=_collator(pad_to_max),
+        cbs.append(progress_bar(steps_estimate, description))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator(pad_to_max),
                       callbacks=cbs, optimizers=optimizers if optimizers is not None else (None, None))
     from transformers.trainer_callback import PrinterCallback
 

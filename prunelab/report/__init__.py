@@ -34,7 +34,7 @@ def build_report(db: str | Path, out_dir: str | Path, experiment: str | None = N
 
     The whole directory is written atomically: a failure leaves any previous report untouched.
     """
-    from prunelab.report.tables import write_report
+    from prunelab.report.build import write_report
 
     return write_report(db, out_dir, experiment=experiment, figures=figures)
 

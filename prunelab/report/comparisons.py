@@ -89,18 +89,8 @@ class Outcomes:
 
 def run_phases(rec: Any) -> dict[str, list[str]]:
     """The evaluation phases a stored run holds and the tasks evaluated in each (``composite`` is derived,
-    never stored per item)."""
-    m = rec.metrics
-
-    def tasks(scores: Mapping[str, Any]) -> list[str]:
-        return [t for t in scores if t != "composite"]
-
-    phases = {"eval": tasks(m.get("eval", {}).get("scores", {}))}
-    if "relapse" in m:
-        phases["relapse"] = tasks(m["relapse"].get("eval", {}).get("scores", {}))
-    for i, cyc in enumerate(m.get("chronic", {}).get("cycles", [])):
-        phases[f"chronic:{cyc.get('cycle', i)}"] = tasks(cyc.get("scores", {}))
-    return phases
+    never stored per item): :meth:`prunelab.runs.result.RunMetrics.phases`."""
+    return rec.metrics.phases()
 
 
 def correct_map(outcomes: Mapping[str, Any]) -> dict[str, float]:

@@ -7,14 +7,15 @@ seeds (which says nothing about the items and can run below 0 %). Without per-it
 estimates only and says "no per-item data, no CI".
 
 Each function takes the regrouped data of :mod:`prunelab.report.tables` and a target path, draws only
-what the data hold, and returns the path written (or ``None`` when there is nothing to draw).
+what the data hold, and returns the path written (or ``None`` when there is nothing to draw). The figures read
+the tables, never the other way round: :mod:`prunelab.report.build` writes both.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prunelab.report.tables import Data, Table, pretty
+from prunelab.report.tables import Data, Table, cycle_interval, pretty
 
 
 def _plt():
@@ -114,8 +115,6 @@ def draw_longitudinal(data: Data):
 
     from matplotlib.ticker import MaxNLocator
 
-    from prunelab.report.tables import cycle_interval
-
     arms = [a for a in data.arms if a.chronic and not a.sweep]
     if not arms:
         return None
@@ -132,7 +131,7 @@ def draw_longitudinal(data: Data):
         xs, mu, lo, hi = [], [], [], []
         for c in range(n):
             iv = cycle_interval(data, a, c)
-            vals = [cyc[c]["scores"][task] for cyc in a.chronic.values() if len(cyc) > c and task in cyc[c]["scores"]]
+            vals = [cyc[c].scores[task] for cyc in a.chronic.values() if len(cyc) > c and task in cyc[c].scores]
             if iv is not None:
                 xs.append(c + off)
                 mu.append(iv.estimate)
@@ -184,19 +183,19 @@ def rank_sweep(table5: Table | None, path: Path) -> Path | None:
 def width_profile(data: Data, path: Path) -> Path | None:
     """Per-layer MLP width after pruning vs. before, one line per pruned model (where widths changed)."""
     items = [(g, s) for g, s in data.structures.items()
-             if s.get("layer_widths") and s.get("original", {}).get("layer_widths")
-             and s["layer_widths"] != s["original"]["layer_widths"] and not s.get("removed_layers")]
+             if s.layer_widths and s.original is not None and s.original.layer_widths
+             and s.layer_widths != s.original.layer_widths and not s.removed_layers]
     if not items:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for (model, pruning), s in items:
-        orig = s["original"]["layer_widths"]
+        orig = s.original.layer_widths
         ax.plot(range(len(orig)), orig, ls="--", color="grey", lw=0.8)
-        ax.plot(range(len(s["layer_widths"])), s["layer_widths"], marker=".", label=f"{model} · {pruning}")
+        ax.plot(range(len(s.layer_widths)), s.layer_widths, marker=".", label=f"{model} · {pruning}")
     ax.set_xlabel("layer")
     ax.set_ylabel("MLP intermediate width")
-    top = max(max(s["original"]["layer_widths"]) for _, s in items)
+    top = max(max(s.original.layer_widths) for _, s in items)
     ax.set_ylim(0, top * 1.08)  # keep the "before" line off the frame
     ax.set_title("Width profile (dashed: before pruning)")
     ax.legend(fontsize=8)
@@ -205,14 +204,14 @@ def width_profile(data: Data, path: Path) -> Path | None:
 
 def depth_mask(data: Data, path: Path) -> Path | None:
     """Kept (filled) vs removed (empty) blocks for each depth-pruned model."""
-    items = [(g, s) for g, s in data.structures.items() if s.get("removed_layers")]
+    items = [(g, s) for g, s in data.structures.items() if s.removed_layers]
     if not items:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.5 * len(items)))
     for row, ((model, pruning), s) in enumerate(items):
-        n = s.get("original", {}).get("num_layers") or (s.get("num_layers", 0) + len(s["removed_layers"]))
-        removed = set(s["removed_layers"])
+        n = (s.original.num_layers if s.original is not None else None) or ((s.num_layers or 0) + len(s.removed_layers))
+        removed = set(s.removed_layers)
         colors = ["white" if i in removed else "tab:blue" for i in range(n)]
         ax.scatter(range(n), [row] * n, c=colors, edgecolors="tab:blue", s=60, marker="s")
     ax.set_yticks(range(len(items)), [f"{m} · {p}" for (m, p), _ in items], fontsize=8)

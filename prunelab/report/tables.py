@@ -19,133 +19,34 @@ A table with no data is left out with a note saying why; nothing is ever filled 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prunelab.errors import PrunelabError
-from prunelab.scores import composite_parts
-from prunelab.experiments.store import RunRecord
+from prunelab.table import NOISE_COLUMN, Table as PlainTable
+from prunelab.runs.result import ChronicCycle, PruningInfo, RunRecord, chronic_phase
 from prunelab.report import metrics as M
 from prunelab.report.comparisons import (
-    COMPOSITE_TASKS, NO_DATA, WITHIN_NOISE, DiffCell, MdeCollector, Outcomes, accuracy_cell, did_cell, legend,
+    COMPOSITE_TASKS, NO_DATA, DiffCell, MdeCollector, Outcomes, accuracy_cell, did_cell, legend,
     observe, scaled,
 )
 
 TASK_LABELS = {"arc_easy_gen": "ARC-Easy (%)", "lambada_gen": "LAMBADA (%)", "composite": "Composite (%)",
                "arc_easy": "ARC-Easy LL (%)", "lambada": "LAMBADA LL (%)"}
 PRETTY_MECH = {"ketamine": "Ketamine-like", "ssri": "SSRI-like", "neurosteroid": "Neurosteroid-like"}
-NOISE_COLUMN = "Within noise (CI ∋ 0)"
 
 
-def _cell_text(c: Any) -> str:
-    return c.text() if isinstance(c, DiffCell) else str(c)
+class Table(PlainTable):
+    """A report table (:class:`prunelab.table.Table`) whose notes explain its differences' CIs and markers.
 
+    Rows hold display strings and :class:`DiffCell` differences; ``number=None`` renders without the
+    "Table N:" prefix (the depth-study and dichotomy tables)."""
 
-def _num(v: float | None) -> str:
-    return "" if v is None or not math.isfinite(v) else f"{v:.6g}"
-
-
-@dataclass
-class Table:
-    """One table rendered three ways. ``rows`` hold display strings and :class:`DiffCell` differences;
-    ``records`` the machine numbers. Markdown prints a difference as ``+2.1 [−1.3, +5.4]*``, CSV as separate
-    estimate / low / high / p columns; a ``Within noise`` column lists the differences whose CI includes zero.
-    ``number=None`` renders without the "Table N:" prefix (the depth-study and dichotomy tables)."""
-
-    number: int | None
-    slug: str
-    title: str
-    columns: list[str]
-    rows: list[list[Any]]
-    records: list[dict[str, Any]]
-    notes: list[str] = field(default_factory=list)
-    mde: list[str] = field(default_factory=list)
-    #: short names for the Within-noise column (default: the column header without its unit)
-    short: dict[str, str] = field(default_factory=dict)
-
-    def cells(self) -> list[DiffCell]:
-        return [c for r in self.rows for c in r if isinstance(c, DiffCell)]
-
-    def _diff_columns(self) -> list[int]:
-        return [i for i in range(len(self.columns)) if any(isinstance(r[i], DiffCell) for r in self.rows)]
-
-    def _short(self, col: str) -> str:
-        return self.short.get(col, col.replace(" (%)", "").replace(" (pp)", "").strip())
-
-    def noise(self, row: list[Any]) -> str:
-        names = [self._short(self.columns[i]) for i in self._diff_columns()
-                 if isinstance(row[i], DiffCell) and row[i].within_noise]
-        if names:
-            return ", ".join(names)
-        return "–" if any(isinstance(c, DiffCell) and c.has_ci for c in row) else ""
-
-    def _has_ci(self) -> bool:
-        return any(c.has_ci for c in self.cells())
-
-    def display_columns(self) -> list[str]:
-        return self.columns + ([NOISE_COLUMN] if self._has_ci() else [])
-
-    def text_rows(self) -> list[list[str]]:
-        noise = self._has_ci()
-        return [[_cell_text(c) for c in r] + ([self.noise(r)] if noise else []) for r in self.rows]
-
-    def all_notes(self) -> list[str]:
-        return self.notes + legend(self.cells()) + self.mde
-
-    def markdown(self) -> str:
-        head = f"**Table {self.number}: {self.title}**\n\n" if self.number is not None else f"**{self.title}**\n\n"
-        cols = self.display_columns()
-        lines = ["| " + " | ".join(cols) + " |",
-                 "|" + "|".join("---" if i == 0 else "---:" for i in range(len(cols))) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in self.text_rows()]
-        notes = "".join(f"\n_{n}_\n" for n in self.all_notes())
-        return head + "\n".join(lines) + "\n" + notes
-
-    def csv_header(self) -> list[str]:
-        diff = set(self._diff_columns())
-        out = []
-        for i, c in enumerate(self.columns):
-            out += [c, f"{c} low", f"{c} high", f"{c} p"] if i in diff else [c]
-        if diff:
-            out += [WITHIN_NOISE, "ci note"]
-        return out
-
-    def csv_rows(self) -> list[list[str]]:
-        diff = set(self._diff_columns())
-        out = []
-        for r in self.rows:
-            row: list[str] = []
-            reasons = []
-            for i, c in enumerate(r):
-                if i not in diff:
-                    row.append(str(c))
-                elif isinstance(c, DiffCell):
-                    row += [_num(v) for v in c.fields()]
-                    if c.reason:
-                        reasons.append(f"{self._short(self.columns[i])}: {c.reason}")
-                else:
-                    row += [str(c), "", "", ""]
-            if diff:
-                row += [self.noise(r), "; ".join(reasons)]
-            out.append(row)
-        return out
-
-    def csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.csv_header())
-        w.writerows(self.csv_rows())
-        return buf.getvalue()
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON: display rows, CSV-shaped rows (separate low/high/p) and the records."""
-        return {"number": self.number, "title": self.title, "columns": self.display_columns(),
-                "rows": self.text_rows(), "csv_columns": self.csv_header(), "csv_rows": self.csv_rows(),
-                "records": self.records, "notes": self.all_notes()}
+    def legend(self, cells: Sequence[DiffCell]) -> list[str]:
+        return legend(cells)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -205,7 +106,7 @@ class Arm:
     flops: dict[int, float] = field(default_factory=dict)
     epochs: dict[int, float] = field(default_factory=dict)
     honest: dict[int, float] = field(default_factory=dict)
-    chronic: dict[int, list[dict]] = field(default_factory=dict)
+    chronic: dict[int, tuple[ChronicCycle, ...]] = field(default_factory=dict)
     chronic_task: str | None = None
     hashes: dict[int, str] = field(default_factory=dict)
     formulas: dict[int, str] = field(default_factory=dict)
@@ -224,7 +125,7 @@ class Data:
     groups: list[tuple[str, str]]                                    # (model, pruning) in experiment order
     descriptions: dict[str, str]
     tasks: list[str]
-    structures: dict[tuple[str, str], dict[str, Any]]               # pruned-model structure per group
+    structures: dict[tuple[str, str], PruningInfo]                  # pruned-model structure per group
     notes: list[str]
     baseline_hashes: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
     n_items: dict[str, int] = field(default_factory=dict)           # task -> items evaluated (stored scores)
@@ -252,7 +153,8 @@ class Data:
         return DiffCell(summary, got.diff, got.reason, got.digits)
 
 
-def collect(runs: list[RunRecord], outcomes: Outcomes | None = None) -> Data:
+def collect(runs: Sequence[RunRecord], outcomes: Outcomes | None = None) -> Data:
+    """Regroup stored runs for the tables: baselines and arms per (model, pruning), per seed."""
     baselines: dict[tuple[str, str], dict[int, dict[str, float]]] = defaultdict(dict)
     base_hashes: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
     arms: dict[tuple[str, str, str, bool], Arm] = {}
@@ -260,20 +162,20 @@ def collect(runs: list[RunRecord], outcomes: Outcomes | None = None) -> Data:
     descriptions: dict[str, str] = {}
     tasks: list[str] = []
     n_items: dict[str, int] = {}
-    structures: dict[tuple[str, str], dict[str, Any]] = {}
+    structures: dict[tuple[str, str], PruningInfo] = {}
     notes: set[str] = set()
     parts: set[tuple[str, ...]] = set()
     for rec in runs:
-        parts.add(composite_parts(rec.config.get("eval")))
+        parts.add(rec.config.composite_parts)
         g = (rec.model, rec.pruning)
         group_pos[g] = min(group_pos.get(g, rec.position), rec.position)
-        if rec.meta and rec.meta.get("description"):
-            descriptions[rec.model] = rec.meta["description"]
-        if rec.meta and rec.meta.get("note"):
-            notes.add(rec.meta["note"])
-        ev = rec.metrics.get("eval", {})
-        scores = ev.get("scores", {})
-        for t, n in (ev.get("n") or {}).items():
+        if rec.meta.description:
+            descriptions[rec.model] = rec.meta.description
+        if rec.meta.note:
+            notes.add(rec.meta.note)
+        metrics = rec.metrics
+        scores = dict(metrics.eval.scores)
+        for t, n in metrics.eval.n.items():
             n_items[t] = min(n_items.get(t, int(n)), int(n))
         for t in scores:
             if t not in tasks:
@@ -281,32 +183,33 @@ def collect(runs: list[RunRecord], outcomes: Outcomes | None = None) -> Data:
         if rec.kind == "baseline":
             baselines[g][rec.seed] = scores
             base_hashes[g][rec.seed] = rec.hash
-            structures.setdefault(g, rec.metrics.get("model", {}))
+            structures.setdefault(g, metrics.model)
             continue
-        mech = rec.config["mechanism"]
+        treatment = rec.config.treatment
         # a rank-sweep arm and a treatment may share a name (ketamine-r32 in rank-sweep.yaml and transfer.yaml)
-        key = (rec.model, rec.pruning, rec.mechanism, bool(mech.get("sweep")))
+        key = (rec.model, rec.pruning, rec.mechanism, treatment.sweep)
         arm = arms.get(key)
         if arm is None:
-            arm = arms[key] = Arm(rec.model, rec.pruning, rec.mechanism, mech.get("r"), bool(mech.get("sweep")),
-                                  rec.position)
+            arm = arms[key] = Arm(rec.model, rec.pruning, treatment.mechanism.name, treatment.mechanism.r,
+                                  treatment.sweep, rec.position)
         arm.position = min(arm.position, rec.position)
         arm.scores[rec.seed] = scores
         arm.hashes[rec.seed] = rec.hash
-        if "relapse" in rec.metrics:
-            arm.relapse[rec.seed] = rec.metrics["relapse"]["eval"]["scores"]
-        tr = rec.metrics.get("training", {})
+        if metrics.relapse is not None:
+            arm.relapse[rec.seed] = dict(metrics.relapse.eval.scores)
+        training = metrics.training
         if rec.flops is not None:
             arm.flops[rec.seed] = rec.flops
-        if "epochs" in tr:
-            arm.epochs[rec.seed] = tr["epochs"]
-        if tr.get("honest_flops") is not None:
-            arm.honest[rec.seed] = tr["honest_flops"]
+        if training is not None:
+            arm.epochs[rec.seed] = training.epochs
+            if training.recovery.honest_flops is not None:
+                arm.honest[rec.seed] = training.recovery.honest_flops
         # which cost the isodose calibration held equal; stores from before the choice existed used the study's
-        arm.formulas[rec.seed] = str(tr.get("isodose_formula") or "study")
-        if "chronic" in rec.metrics:
-            arm.chronic[rec.seed] = rec.metrics["chronic"]["cycles"]
-            arm.chronic_task = (rec.config.get("stress", {}).get("chronic") or {}).get("tasks", [None])[0]
+        arm.formulas[rec.seed] = str((training.isodose_formula if training is not None else None) or "study")
+        if metrics.chronic is not None:
+            arm.chronic[rec.seed] = metrics.chronic.cycles
+            chronic_spec = treatment.stress.chronic
+            arm.chronic_task = chronic_spec.tasks[0] if chronic_spec is not None else None
     if "composite" in tasks:  # composite last, as in the study
         tasks = [t for t in tasks if t != "composite"] + ["composite"]
     groups = sorted(group_pos, key=lambda g: group_pos[g])
@@ -527,9 +430,9 @@ def _cycle_side(a: Arm, c: int | None) -> Side:
         if not cyc or s not in a.hashes:
             continue
         if c is None:
-            out[s] = (a.hashes[s], f"chronic:{cyc[-1].get('cycle', len(cyc) - 1)}")
+            out[s] = (a.hashes[s], chronic_phase(cyc[-1].cycle))
         elif len(cyc) > c:
-            out[s] = (a.hashes[s], f"chronic:{cyc[c].get('cycle', c)}")
+            out[s] = (a.hashes[s], chronic_phase(cyc[c].cycle))
     return out
 
 
@@ -566,7 +469,7 @@ def table4(data: Data) -> Table | Omitted:
     for c in range(n_cycles):
         row, rec = [str(c)], {"cycle": c}
         for a in arms:
-            vals = [cyc[c]["scores"].get(a.chronic_task or task) for cyc in a.chronic.values() if len(cyc) > c]
+            vals = [cyc[c].scores.get(a.chronic_task or task) for cyc in a.chronic.values() if len(cyc) > c]
             s = summarize([v for v in vals if v is not None])
             iv = cycle_interval(data, a, c)
             with_ci = with_ci or iv is not None
@@ -580,7 +483,7 @@ def table4(data: Data) -> Table | Omitted:
     mde = MdeCollector()
     for a in arms:
         t = a.chronic_task or task
-        d = summarize([M.longitudinal_decline([cy["scores"][t] for cy in cyc])
+        d = summarize([M.longitudinal_decline([cy.scores[t] for cy in cyc])
                        for cyc in a.chronic.values() if cyc])
         cell = data.cell(_cycle_side(a, 0), _cycle_side(a, None), d, (t,), mde)
         decline_row.append(cell)
@@ -594,7 +497,7 @@ def table4(data: Data) -> Table | Omitted:
                                            "mean ± SD over seeds (no per-item data, no CI)."))
     for a in arms:
         if not mde.seen.get(a.chronic_task or task):
-            accs = [cyc[0]["scores"].get(a.chronic_task or task) for cyc in a.chronic.values() if cyc]
+            accs = [cyc[0].scores.get(a.chronic_task or task) for cyc in a.chronic.values() if cyc]
             accs = [v for v in accs if v is not None]
             if accs:
                 mde.add_summary(a.chronic_task or task, data.n_items.get(a.chronic_task or task),
@@ -711,7 +614,7 @@ def table6(data: Data) -> Table | Omitted:
 TABLES = (table1, table2, table3, table4, table5, table6)
 
 
-def build_tables(runs: list[RunRecord], outcomes: Outcomes | None = None) -> tuple[list[Table], list[Omitted], Data]:
+def build_tables(runs: Sequence[RunRecord], outcomes: Outcomes | None = None) -> tuple[list[Table], list[Omitted], Data]:
     """All six tables (or an :class:`Omitted` note each) from stored runs and their per-item outcomes
     (:meth:`Outcomes.from_store`; ``None`` = none: every difference then says "no per-item data, no CI")."""
     data = collect(runs, outcomes)
@@ -732,58 +635,13 @@ def render_markdown(tables: list[Table], omitted: list[Omitted], data: Data, hea
     return "\n".join(parts)
 
 
-def runs_appendix(runs: list[RunRecord]) -> str:
+def runs_appendix(runs: Sequence[RunRecord]) -> str:
     """A list of the runs behind the tables: what, dose, wall time, config hash."""
     lines = ["## Runs", "", "| Model | Pruning | Treatment | Seed | Epochs | FLOPs | Wall (s) | Hash |",
              "|---|---|---|---:|---:|---:|---:|---|"]
     for r in runs:
-        ep = r.metrics.get("training", {}).get("epochs")
+        ep = r.metrics.training.epochs if r.metrics.training is not None else None
         lines.append(f"| {r.model} | {r.pruning} | {r.mechanism or 'untreated'} | {r.seed} | "
                      f"{'' if ep is None else ep} | {fmt_flops(r.flops) if r.flops else ''} | "
                      f"{r.finished_at - r.started_at:.0f} | `{r.hash}` |")
     return "\n".join(lines) + "\n"
-
-
-def write_report(db, out_dir, experiment: str | None = None, figures: bool = True):
-    """See :func:`prunelab.report.build_report`."""
-    import json
-    from pathlib import Path
-
-    from prunelab.atomic import atomic_dir, to_jsonable
-    from prunelab.errors import PrunelabError
-    from prunelab.experiments.store import Store
-    from prunelab.report import ReportResult
-
-    with Store(db, readonly=True) as store:
-        runs = store.runs(experiment)
-        outcomes = Outcomes.from_store(store, runs)
-    if not runs:
-        raise PrunelabError(f"{db} holds no finished runs{f' of {experiment}' if experiment else ''}; run an experiment first")
-    tables, omitted, data = build_tables(runs, outcomes)
-    out_dir = Path(out_dir)
-    title = f"# prunelab report{f': {experiment}' if experiment else ''}\n\n" \
-            f"{len(runs)} finished runs from `{Path(db).name}`. Accuracies in percent, differences in percentage " \
-            f"points as estimate [95 % CI] from the stored per-item outcomes, * = p < 0.05; ± is the sample SD " \
-            f"over seeds (a single seed shows the mean only). " + \
-            ("" if outcomes else f"This store holds no per-item outcomes: {NO_DATA}.") + "\n"
-    files, figs = [], []
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "tables.md").write_text(render_markdown(tables, omitted, data, title) + "\n" + runs_appendix(runs),
-                                       encoding="utf-8")
-        files.append("tables.md")
-        for t in tables:
-            name = f"table{t.number}_{t.slug}.csv"
-            (tmp / name).write_text(t.csv(), encoding="utf-8")
-            files.append(name)
-        payload = {"tables": [t.as_dict() for t in tables],
-                   "omitted": [{"number": o.number, "title": o.title, "reason": o.reason} for o in omitted],
-                   "notes": data.notes, "runs": len(runs)}
-        (tmp / "tables.json").write_text(json.dumps(to_jsonable(payload), indent=2) + "\n", encoding="utf-8")
-        files.append("tables.json")
-        if figures:
-            from prunelab.report.figures import write_figures
-
-            figs = [f"figures/{p.name}" for p in write_figures(data, tables, tmp / "figures")]
-            files += figs
-    return ReportResult(out_dir=str(out_dir), runs=len(runs), tables=[f"Table {t.number}: {t.title}" for t in tables],
-                        omitted=[f"Table {o.number}: {o.reason}" for o in omitted], figures=figs, files=files)

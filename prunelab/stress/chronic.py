@@ -1,4 +1,5 @@
-"""Chronic stress (DESIGN §6): repeated magnitude pruning, each followed by a maintenance LoRA tune.
+"""Chronic stress: repeated magnitude pruning, each followed by a maintenance LoRA tune (the recovery-isodose
+study's longitudinal protocol, its Table 4).
 
 Cycle 0 evaluates the treated model. For ``c = 1..cycles``:
 
@@ -11,17 +12,15 @@ Cycle 0 evaluates the treated model. For ``c = 1..cycles``:
 4. evaluate.
 
 The study's longitudinal decline is ``acc(cycle 0) − acc(last cycle)``
-(:func:`prunelab.report.metrics.longitudinal_decline`). ``tune_fn`` / ``eval_fn`` can be injected (tests,
+(:func:`prunelab.scores.longitudinal_decline`). ``tune_fn`` / ``eval_fn`` can be injected (tests,
 custom maintenance); by default they call :func:`prunelab.recover.recover` and :func:`prunelab.evaluate.evaluate`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,15 @@ from typing import Any
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.report.metrics import composite, longitudinal_decline
+from prunelab.scores import STUDY_COMPOSITE, longitudinal_decline
+from prunelab.stress.common import EvalFn, TuneFn, default_eval_fn, default_tune_fn, merge_adapter
 from prunelab.stress.magnitude import apply_masks, cumulative_schedule, magnitude_prune, measure_sparsity, summarize
-from prunelab.stress.relapse import merge_adapter
+from prunelab.table import Table
 
-__all__ = ["ChronicReport", "CycleResult", "EvalFn", "TuneFn", "chronic", "DEFAULT_TASKS"]
+__all__ = ["ChronicReport", "CycleResult", "EvalFn", "TuneFn", "chronic", "DEFAULT_TASKS", "default_tune_fn"]
 
-DEFAULT_TASKS = ("arc_easy_gen", "lambada_gen")
-
-#: ``eval_fn(model, tokenizer) -> {metric: value}`` (accuracies in percent).
-EvalFn = Callable[[nn.Module, Any], dict[str, float]]
-#: ``tune_fn(model, tokenizer, mechanism, records, epochs) -> (tuned plain model, final training loss or None)``.
-TuneFn = Callable[[nn.Module, Any, Any, Sequence[Any], float], "tuple[nn.Module, float | None]"]
+#: the study's composite parts: chronic stress tracks the two accuracies the composite is made of
+DEFAULT_TASKS = STUDY_COMPOSITE
 
 
 @dataclass
@@ -87,47 +83,49 @@ class ChronicReport:
                     names.append(k)
         return names
 
-    def table(self) -> tuple[list[str], list[list[str]]]:
-        """Header and formatted rows (percentages with 2 decimals, sparsity with 3)."""
+    def title(self) -> str:
+        return (f"Chronic stress: {self.mechanism}, {self.cycles} cycles × {self.step:.1%} "
+                f"(maintenance {self.maintenance_epochs:g} epochs on {self.samples} held-out Dolly items, "
+                f"seq_len {self.seq_len}, eval limit {self.limit if self.limit is not None else 'all'})")
+
+    def formatted_table(self) -> Table:
+        """One row per cycle as printed: sparsities in percent with 3 decimals, scores with 2, "–" if absent."""
         metrics = self.metric_names()
-        header = ["cycle", "target sparsity %", "sparsity %", "layer min %", "layer max %", "maint. loss", *metrics]
-        rows = []
-        for r in self.rows:
-            rows.append([
-                str(r.cycle), f"{100 * r.target_sparsity:.3f}", f"{100 * r.sparsity:.3f}",
-                f"{100 * r.min_layer_sparsity:.3f}", f"{100 * r.max_layer_sparsity:.3f}",
-                "–" if r.loss is None or math.isnan(r.loss) else f"{r.loss:.4f}",
-                *[f"{r.scores[m]:.2f}" if m in r.scores else "–" for m in metrics],
-            ])
-        return header, rows
+        columns = ["cycle", "target sparsity %", "sparsity %", "layer min %", "layer max %", "maint. loss", *metrics]
+        rows = [[
+            str(r.cycle), f"{100 * r.target_sparsity:.3f}", f"{100 * r.sparsity:.3f}",
+            f"{100 * r.min_layer_sparsity:.3f}", f"{100 * r.max_layer_sparsity:.3f}",
+            "–" if r.loss is None or math.isnan(r.loss) else f"{r.loss:.4f}",
+            *[f"{r.scores[m]:.2f}" if m in r.scores else "–" for m in metrics],
+        ] for r in self.rows]
+        # every column is a number (the cycle too): all right-aligned
+        return Table(None, "chronic", self.title(), columns, rows, label_columns=0)
+
+    def raw_table(self) -> Table:
+        """The same rows unrounded (sparsities as fractions, the cycle's wall seconds), for CSV."""
+        metrics = self.metric_names()
+        columns = ["cycle", "target_sparsity", "sparsity", "min_layer_sparsity", "max_layer_sparsity", "loss",
+                   *metrics, "seconds"]
+        rows = [[r.cycle, r.target_sparsity, r.sparsity, r.min_layer_sparsity, r.max_layer_sparsity,
+                 "" if r.loss is None else r.loss, *[r.scores.get(m, "") for m in metrics], r.seconds]
+                for r in self.rows]
+        return Table(None, "chronic", self.title(), columns, rows, label_columns=0)
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Header and formatted rows of :meth:`formatted_table` (the CLI prints them as a rich table)."""
+        table = self.formatted_table()
+        return table.columns, table.rows
 
     def to_markdown(self) -> str:
-        header, rows = self.table()
-        lines = [
-            f"# Chronic stress: {self.mechanism}, {self.cycles} cycles × {self.step:.1%} "
-            f"(maintenance {self.maintenance_epochs:g} epochs on {self.samples} held-out Dolly items, "
-            f"seq_len {self.seq_len}, eval limit {self.limit if self.limit is not None else 'all'})",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---:|" * len(header),
-        ]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        md = f"# {self.title()}\n\n" + self.formatted_table().pipe_table()
         if self.decline:
-            lines += ["", "Longitudinal decline (cycle 0 − last cycle): "
-                      + ", ".join(f"{k} {v:+.2f}" for k, v in self.decline.items())]
-        return "\n".join(lines) + "\n"
+            md += ("\nLongitudinal decline (cycle 0 − last cycle): "
+                   + ", ".join(f"{k} {v:+.2f}" for k, v in self.decline.items()) + "\n")
+        return md
 
     def to_csv(self) -> str:
         """Raw (unrounded) values, one row per cycle."""
-        metrics = self.metric_names()
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["cycle", "target_sparsity", "sparsity", "min_layer_sparsity", "max_layer_sparsity", "loss",
-                    *metrics, "seconds"])
-        for r in self.rows:
-            w.writerow([r.cycle, r.target_sparsity, r.sparsity, r.min_layer_sparsity, r.max_layer_sparsity,
-                        "" if r.loss is None else r.loss, *[r.scores.get(m, "") for m in metrics], r.seconds])
-        return buf.getvalue()
+        return self.raw_table().csv()
 
     def plot(self, path: str | Path) -> Path:
         """Accuracy per cycle (one line per metric) with the achieved sparsity on a second axis, as PNG."""
@@ -174,36 +172,6 @@ class ChronicReport:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def default_eval_fn(tasks: Sequence[str], limit: int | None, seed: int, batch_size: int = 8) -> EvalFn:
-    """An ``eval_fn`` running :func:`prunelab.evaluate.evaluate`; adds ``composite`` when both of its parts ran."""
-    from prunelab.evaluate import evaluate
-
-    def run(model: nn.Module, tokenizer: Any) -> dict[str, float]:
-        rep = evaluate(model, tokenizer, list(tasks), limit=limit, seed=seed, batch_size=batch_size)
-        return with_composite(rep.scores())
-
-    return run
-
-
-def with_composite(scores: dict[str, float]) -> dict[str, float]:
-    """``scores`` plus the study's ``composite`` (:func:`prunelab.scores.with_composite`) when both parts ran."""
-    from prunelab.scores import with_composite as _with
-
-    return _with(scores)
-
-
-def default_tune_fn(seq_len: int, seed: int, pad_to_max: bool = True, progress: bool = True) -> TuneFn:
-    """A ``tune_fn`` running :func:`prunelab.recover.recover` (LoRA, merged) and returning its final loss."""
-    from prunelab.recover import recover
-
-    def run(model, tokenizer, mechanism, records, epochs):
-        res = recover(model, tokenizer, mechanism, records, epochs, seq_len=seq_len, pad_to_max=pad_to_max,
-                      seed=seed, merge=True, progress=progress)
-        return res.model, res.final_loss
-
-    return run
-
-
 def maintenance_records(samples: int = 100, seed: int = 0, n_train: int = 500) -> list[Any]:
     """The first ``samples`` held-out Dolly items, disjoint from the ``n_train`` recovery items (same seed)."""
     from prunelab.data import dolly_split

@@ -1,4 +1,4 @@
-"""Unstructured L1-magnitude pruning of the linear layers inside the decoder blocks (DESIGN §6).
+"""Unstructured L1-magnitude pruning of the linear layers inside the decoder blocks (the stress tests' injury).
 
 Two ways to say how much to prune, both applied **per linear layer** (every layer gets exactly the amount):
 

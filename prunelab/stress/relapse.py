@@ -1,35 +1,29 @@
-"""Acute relapse (DESIGN §6): merge any adapter, then prune 30% of the remaining weights by L1 magnitude.
+"""Acute relapse (the recovery-isodose study's relapse test, its Table 2): merge any adapter, then prune 30% of
+the remaining weights by L1 magnitude.
 
 ``relapse(model, fraction=0.3)`` zeroes ``round(fraction · nnz)`` of the smallest-|w| remaining weights of
 every linear layer inside the decoder blocks (embeddings and ``lm_head`` untouched) and reports the
 achieved share per layer, which must equal the request (to rounding of one weight). The study's
 ``relapse_drop = composite_treated − composite_after_relapse`` is computed by
-:func:`prunelab.report.metrics.relapse_drop` from evaluations before and after.
+:func:`prunelab.scores.relapse_drop` from evaluations before and after.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.scores import relapse_drop
+from prunelab.stress.common import EvalFn, default_eval_fn, merge_adapter
 from prunelab.stress.magnitude import LayerSparsity, _check_fraction, magnitude_prune, summarize
+from prunelab.table import Table
 
 __all__ = ["RelapseReport", "merge_adapter", "relapse"]
-
-def merge_adapter(model: nn.Module) -> tuple[nn.Module, bool]:
-    """``(plain_model, merged)``: a PEFT model is merged into its base weights (``merge_and_unload``)."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return model, False
-    if isinstance(model, PeftModel):
-        return model.merge_and_unload(), True
-    return model, False
 
 
 @dataclass
@@ -51,32 +45,39 @@ class RelapseReport:
 
     model = None  # plain attribute (no annotation): the pruned model, excluded from dataclass fields / JSON
 
+    def layer_table(self) -> Table:
+        """Per layer: weights, zeros before and after, the share of the remaining weights pruned, sparsity."""
+        columns = ["layer", "weights", "zeros before", "zeros after", "pruned of remaining", "sparsity"]
+        rows = [[l.name, f"{l.numel:,}", f"{l.zeros_before:,}", f"{l.zeros_after:,}", f"{l.pruned_fraction:.3%}",
+                 f"{l.sparsity:.3%}"] for l in self.layers]
+        return Table(None, "relapse_layers", self.title(), columns, rows)
+
+    def score_table(self) -> Table:
+        """Each metric before and after the relapse pruning, and the change (NaN when not scored after)."""
+        rows = []
+        for metric, before in self.scores_before.items():
+            after = self.scores_after.get(metric, float("nan"))
+            rows.append([metric, f"{before:.2f}", f"{after:.2f}", f"{after - before:+.2f}"])
+        return Table(None, "relapse_scores", "Scores before and after the relapse", ["metric", "before", "after",
+                                                                                      "change"], rows)
+
+    def title(self) -> str:
+        return f"Acute relapse: L1-magnitude pruning of {self.fraction:.1%} of the remaining weights"
+
     def to_markdown(self) -> str:
-        lines = [
-            f"# Acute relapse: L1-magnitude pruning of {self.fraction:.1%} of the remaining weights",
-            "",
-            "| layer | weights | zeros before | zeros after | pruned of remaining | sparsity |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for l in self.layers:
-            lines.append(
-                f"| {l.name} | {l.numel:,} | {l.zeros_before:,} | {l.zeros_after:,} | {l.pruned_fraction:.3%} | {l.sparsity:.3%} |"
-            )
-        lines += ["", f"Overall sparsity {self.overall_sparsity:.3%}; max deviation from the request "
-                      f"{self.max_deviation:.4%}."]
+        md = (f"# {self.title()}\n\n" + self.layer_table().pipe_table()
+              + f"\nOverall sparsity {self.overall_sparsity:.3%}; max deviation from the request "
+                f"{self.max_deviation:.4%}.\n")
         if self.scores_before:
-            lines += ["", "| metric | before | after | change |", "|---|---:|---:|---:|"]
-            for k, b in self.scores_before.items():
-                a = self.scores_after.get(k, float("nan"))
-                lines.append(f"| {k} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
+            md += "\n" + self.score_table().pipe_table()
         if self.relapse_drop is not None:
-            lines += ["", f"Relapse drop (composite, pp): {self.relapse_drop:+.2f}"]
-        return "\n".join(lines) + "\n"
+            md += f"\nRelapse drop (composite, pp): {self.relapse_drop:+.2f}\n"
+        return md
 
 
 def relapse(model: nn.Module, fraction: float = 0.3, *, tokenizer: Any = None, tasks: Sequence[str] | None = None,
             limit: int | None = None, seed: int = 0, batch_size: int = 8,
-            eval_fn: Callable[[nn.Module, Any], dict[str, float]] | None = None) -> RelapseReport:
+            eval_fn: EvalFn | None = None) -> RelapseReport:
     """Merge any PEFT adapter, then L1-prune ``fraction`` of each decoder linear layer's nonzero weights.
 
     In place for plain models; a ``PeftModel`` is merged first and the plain pruned model is ``report.model``.
@@ -84,8 +85,6 @@ def relapse(model: nn.Module, fraction: float = 0.3, *, tokenizer: Any = None, t
     evaluated before and after; ``relapse_drop = composite_before − composite_after`` when the composite
     (``arc_easy_gen`` + ``lambada_gen``) is among the scores. Every input is checked before any work.
     """
-    from prunelab.report.metrics import relapse_drop
-
     fraction = _check_fraction(fraction, "relapse fraction")
     if tasks is not None and eval_fn is None:
         from prunelab.evaluate import resolve_tasks
@@ -94,8 +93,6 @@ def relapse(model: nn.Module, fraction: float = 0.3, *, tokenizer: Any = None, t
             raise PrunelabError("evaluating before/after relapse needs the tokenizer")
         if limit is not None and limit <= 0:
             raise PrunelabError(f"eval limit must be a positive number of items, got {limit}")
-        from prunelab.stress.chronic import default_eval_fn
-
         eval_fn = default_eval_fn(resolve_tasks(list(tasks)), limit, seed, batch_size)
     start = time.perf_counter()
     model, merged = merge_adapter(model)

@@ -2,6 +2,8 @@
 
 - :mod:`prunelab.studies.dichotomy` — the width-pruning dichotomy (expansion-ratio sweep × capability battery
   × efficiency, with Pearson correlations between capability series).
+- :mod:`prunelab.studies.depth` — the depth-pruning study (objectives × searches × budgets: removed-block masks,
+  accuracy and perplexity, search time, rank correlation).
 """
 
 from prunelab.studies.dichotomy import (

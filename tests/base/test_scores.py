@@ -41,11 +41,16 @@ def test_report_reads_the_composite_parts_of_its_runs(tmp_path):
     from prunelab.report.tables import collect
     from tests.report._synthetic import records
 
+    from dataclasses import replace
+
+    def with_parts(run, parts):  # the same run, its eval config naming other composite parts
+        config = replace(run.config, eval=run.config.eval.model_copy(update={"composite": parts}))
+        return replace(run, config=config)
+
     runs = [r for r, _ in records()]
     assert collect(runs).composite_tasks() == STUDY_COMPOSITE
-    for r in runs:
-        r.config.setdefault("eval", {})["composite"] = ["arc_easy", "lambada"]
+    runs = [with_parts(r, ["arc_easy", "lambada"]) for r in runs]
     assert collect(runs).composite_tasks() == ("arc_easy", "lambada")
-    runs[0].config["eval"]["composite"] = ["arc_easy_gen", "lambada_gen"]
+    runs[0] = with_parts(runs[0], ["arc_easy_gen", "lambada_gen"])
     with pytest.raises(PrunelabError, match="define the composite differently"):
         collect(runs)

@@ -28,7 +28,7 @@ def test_prunelab_equals_lm_eval(model, names):
             assert a.metrics[key] == pytest.approx(value, rel=1e-4), (name, metric)  # acc/acc_norm: identical
         ours_ll = a.details["loglikelihoods"]
         ours_ll = [[x] for x in ours_ll] if name == "lambada" else ours_ll
-        for u, v in zip(ours_ll, b.details["loglikelihoods"]):
+        for u, v in zip(ours_ll, b.details["loglikelihoods"], strict=True):
             assert u == pytest.approx(v, abs=1e-3)
         # per-item outcomes: lm-eval's own per-sample verdicts, item for item the same as ours
         assert [o.item_id for o in b.outcomes] == a.item_ids

@@ -16,42 +16,39 @@ import copy
 import os
 import time
 
-from tests.experiments import fake_stages
+from tests.experiments.fake_stages import FakeStages
 
 
-def _clone(model):
-    gate = os.environ.get("PRUNELAB_COUNT_GATE")
-    if gate and not os.path.exists(gate):  # first run: say "here" and wait until the test opens the gate
-        open(f"{gate}.{os.getpid()}", "w").close()
-        deadline = time.time() + 120
-        while not os.path.exists(gate) and time.time() < deadline:
-            time.sleep(0.02)
-    time.sleep(float(os.environ.get("PRUNELAB_COUNT_SLEEP", "0")))
-    return copy.deepcopy(model)
+class CountingStages(FakeStages):
+    def clone(self, model):
+        gate = os.environ.get("PRUNELAB_COUNT_GATE")
+        if gate and not os.path.exists(gate):  # first run: say "here" and wait until the test opens the gate
+            open(f"{gate}.{os.getpid()}", "w").close()
+            deadline = time.time() + 120
+            while not os.path.exists(gate) and time.time() < deadline:
+                time.sleep(0.02)
+        time.sleep(float(os.environ.get("PRUNELAB_COUNT_SLEEP", "0")))
+        return copy.deepcopy(model)
+
+    def recover(self, model, tokenizer, mechanism, training, epochs, seed):
+        model, info = super().recover(model, tokenizer, mechanism, training, epochs, seed)
+        model["mechanism"] = mechanism.name
+        return model, info
+
+    def evaluate(self, model, tokenizer, eval_spec, tasks):
+        log = os.environ.get("PRUNELAB_COUNT_LOG")
+        if log:
+            line = f"{model['name']} {model['seed']} {model.get('mechanism', 'baseline')} {os.getpid()}\n".encode()
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        return super().evaluate(model, tokenizer, eval_spec, tasks)
 
 
-def _recover(model, tok, mech, training, epochs, seed):
-    model, info = fake_stages._recover(model, tok, mech, training, epochs, seed)
-    model["mechanism"] = mech["name"]
-    return model, info
-
-
-def _evaluate(model, tok, ev, tasks):
-    log = os.environ.get("PRUNELAB_COUNT_LOG")
-    if log:
-        line = f"{model['name']} {model['seed']} {model.get('mechanism', 'baseline')} {os.getpid()}\n".encode()
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-    return fake_stages._evaluate(model, tok, ev, tasks)
-
-
-def stages():
-    s = fake_stages.stages()
-    s.clone, s.recover, s.evaluate = _clone, _recover, _evaluate
-    return s
+def stages() -> CountingStages:
+    return CountingStages()
 
 
 def executions(log) -> list[tuple[str, str, str]]:

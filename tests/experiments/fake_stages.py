@@ -14,22 +14,15 @@ import hashlib
 import os
 import time
 
-from prunelab.experiments.spec import builtin_mechanisms
 from prunelab.evaluate.registry import ItemOutcome
-from prunelab.experiments.stages import Prepared, Stages, StageChronic, StageEval, add_composite
+from prunelab.experiments.spec import builtin_mechanisms
+from prunelab.experiments.stages import LibraryStages, Prepared, StageChronic, StageEval, add_composite
+from prunelab.runs.result import ChronicCycle, PruningInfo, RecoveryInfo
 
 
 def _noise(*parts) -> float:
     h = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return (h[0] / 255.0 - 0.5) * 4.0  # ±2 points
-
-
-def _prepare(model_cfg, pruning, seed, cache_dir):
-    ratio = pruning.get("ratio") or 0.0
-    return Prepared({"quality": 40.0 - 30.0 * ratio, "seed": seed, "name": model_cfg["name"]}, None,
-                    {"params": 1000, "layer_widths": [int(48 * (1 - ratio))] * 4, "original": {"layer_widths": [48] * 4},
-                     "removed_layers": [1] if pruning["kind"] == "depth" else []},
-                    {"load": 0.0})
 
 
 def _draw(*parts) -> float:
@@ -41,38 +34,55 @@ def _outcomes(task: str, accuracy: float, n: int) -> list[ItemOutcome]:
     return [ItemOutcome(f"{task}-{i}", correct=float(_draw(task, i) < accuracy / 100.0)) for i in range(n)]
 
 
-def _scored(quality: float, tasks, n: int) -> StageEval:
+def scored(quality: float, tasks, n: int) -> StageEval:
     outcomes = {t: _outcomes(t, quality + _noise(t, quality), n) for t in tasks}
     scores = {t: 100.0 * sum(o.correct for o in items) / n for t, items in outcomes.items()}
     return StageEval(add_composite(scores), {t: n for t in tasks}, outcomes)
 
 
-def _evaluate(model, tok, ev, tasks):
-    return _scored(model["quality"], tasks, ev.get("limit") or 10)
+class FakeStages(LibraryStages):
+    """Every stage replaced by arithmetic on a dict "model"; only the honest-isodose helpers stay the library's."""
+
+    def prepare(self, model, pruning, seed, cache_dir):
+        ratio = getattr(pruning, "ratio", None) or 0.0
+        info = PruningInfo(params=1000, layer_widths=(int(48 * (1 - ratio)),) * 4,
+                           original={"layer_widths": (48,) * 4},
+                           removed_layers=(1,) if pruning.kind == "depth" else ())
+        return Prepared({"quality": 40.0 - 30.0 * ratio, "seed": seed, "name": model.name}, None, info,
+                        {"load": 0.0})
+
+    def clone(self, model):
+        return copy.deepcopy(model)
+
+    def trainable_params(self, model, mechanism):
+        return mechanism.r * 100 * len(mechanism.targets)
+
+    def recover(self, model, tokenizer, mechanism, training, epochs, seed):
+        time.sleep(float(os.environ.get("PRUNELAB_FAKE_SLEEP", "0")))
+        model["quality"] += mechanism.r / 32.0 + _noise(mechanism.name, seed)
+        return model, RecoveryInfo(final_loss=1.0)
+
+    def evaluate(self, model, tokenizer, eval_spec, tasks):
+        return scored(model["quality"], tasks, eval_spec.limit or 10)
+
+    def relapse(self, model, fraction):
+        model["quality"] -= 10 * fraction
+        return {"fraction": fraction}
+
+    def chronic(self, model, tokenizer, mechanism, chronic, training, eval_spec, seed):
+        cycles, outcomes = [], {}
+        for c in range(chronic.cycles + 1):
+            result = scored(model["quality"] - 2 * c, chronic.tasks, eval_spec.limit or 10)
+            cycles.append(ChronicCycle(cycle=c, scores=result.scores))
+            outcomes[c] = result.outcomes
+        return StageChronic(cycles, outcomes)
+
+    def mechanisms(self):
+        return builtin_mechanisms()
+
+    def validate(self, spec):
+        """Fake models have no registry names to check."""
 
 
-def _recover(model, tok, mech, training, epochs, seed):
-    time.sleep(float(os.environ.get("PRUNELAB_FAKE_SLEEP", "0")))
-    model["quality"] += mech["r"] / 32.0 + _noise(mech["name"], seed)
-    return model, {"train_loss": 1.0}
-
-
-def _relapse(model, fraction):
-    model["quality"] -= 10 * fraction
-    return {"fraction": fraction}
-
-
-def _chronic(model, tok, mech, ch, training, ev, seed):
-    cycles, outcomes = [], {}
-    for c in range(ch["cycles"] + 1):
-        res = _scored(model["quality"] - 2 * c, ch["tasks"], ev.get("limit") or 10)
-        cycles.append({"cycle": c, "scores": res.scores})
-        outcomes[c] = res.outcomes
-    return StageChronic(cycles, outcomes)
-
-
-def stages() -> Stages:
-    return Stages(prepare=_prepare, clone=copy.deepcopy,
-                  trainable_params=lambda m, mech: mech["r"] * 100 * len(mech["targets"]),
-                  recover=_recover, evaluate=_evaluate, relapse=_relapse, chronic=_chronic,
-                  mechanisms=builtin_mechanisms)
+def stages() -> FakeStages:
+    return FakeStages()

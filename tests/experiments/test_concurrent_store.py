@@ -16,9 +16,9 @@ import yaml
 from tests.experiments.old_store import OLD_SCHEMA as OLD_STORE_SCHEMA
 from prunelab.errors import PrunelabError
 from prunelab.experiments import Store, expand, load_spec, run_experiment
-from prunelab.experiments.store import SCHEMA_VERSION, Heartbeat
+from prunelab.runs.store import SCHEMA_VERSION, Heartbeat
 from tests.experiments.counting_stages import executions
-from tests.experiments.test_store_runner import rec
+from tests.experiments.test_store_runner import BASELINE, rec
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNTING = "tests.experiments.counting_stages:stages"
@@ -96,10 +96,10 @@ def test_a_failure_elsewhere_is_reported_in_this_round_and_retried_by_the_next(t
 
 
 # ------------------------------------------------------------------------------------------- schema
-OLD_SCHEMA = OLD_STORE_SCHEMA + """
-INSERT INTO runs VALUES ('old', 'baseline', 'm', 'p', NULL, 0, '{}', '{"eval": {"scores": {"x": 1.0}}}', NULL,
-    '{}', '{}', 1.0, 2.0, 'h');
-INSERT INTO memberships VALUES ('e', 'old', 0, '{}');
+OLD_SCHEMA = OLD_STORE_SCHEMA + f"""
+INSERT INTO runs VALUES ('old', 'baseline', 'm', 'none', NULL, 0, '{json.dumps(BASELINE.to_dict())}',
+    '{{"eval": {{"scores": {{"x": 1.0}}}}}}', NULL, '{{}}', '{{}}', 1.0, 2.0, 'h');
+INSERT INTO memberships VALUES ('e', 'old', 0, '{{}}');
 """
 
 
@@ -112,7 +112,7 @@ def test_unversioned_store_stays_readable_and_is_upgraded_in_place(tmp_path):
         assert [r.hash for r in s.runs("e")] == ["old"] and s.schema_version() == 0
     with Store(db) as s:
         assert s.schema_version() == SCHEMA_VERSION >= 1
-        assert s.runs("e")[0].metrics == {"eval": {"scores": {"x": 1.0}}}
+        assert s.runs("e")[0].metrics.eval.scores == {"x": 1.0}
         assert s.claim_next(["new"], "me", ttl=30, failed_since=0).claimed == "new"
 
 

@@ -4,26 +4,23 @@ phases (fake stages)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.experiments.old_store import OLD_SCHEMA
+from tests.experiments.old_store import OLD_RUN_COLUMNS, OLD_SCHEMA, legacy_metrics
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.registry import ItemOutcome
 from prunelab.experiments import Store, run_experiment
-from prunelab.experiments.store import RunRecord, chronic_phase
-from tests.experiments.test_store_runner import SPEC
+from prunelab.runs.result import EvalScores, RunMetrics, RunRecord, chronic_phase
+from tests.experiments.test_store_runner import SPEC, rec
 
 
-def _rec(h: str, outcomes=None, **kw) -> RunRecord:
-    base = dict(hash=h, kind="baseline", model="m", pruning="p", mechanism=None, seed=0, config={"a": 1},
-                metrics={"eval": {"scores": {"arc_easy": 50.0}, "n": {"arc_easy": 2}}}, flops=None,
-                timings={"evaluate": 0.1}, versions={"python": "3"}, started_at=1.0, finished_at=2.0,
-                outcomes=outcomes or {})
-    base.update(kw)
-    return RunRecord(**base)
+def _rec(h: str, outcomes=None) -> RunRecord:
+    return rec(h, RunMetrics(eval=EvalScores(scores={"arc_easy": 50.0}, n={"arc_easy": 2})), outcomes)
 
 
 OUTCOMES = {
@@ -105,29 +102,36 @@ def test_interrupted_write_leaves_neither(tmp_path, monkeypatch):
         assert s.count() == 0 and s.all_outcomes() == {} and s.integrity_ok()
 
 
-def _old_store(db, tmp_path, fake_stages) -> None:
+def _old_store(db, tmp_path, fake_stages) -> Path:
     """A store as written before per-item outcomes: the runs of a fake experiment copied into the old schema."""
     spec = tmp_path / "e.yaml"
     spec.write_text(yaml.safe_dump({**SPEC, "seeds": [0], "stress": {"relapse": {"fraction": 0.3}}}))
     new = tmp_path / "new.sqlite"
     run_experiment(spec, new)
+    with Store(new, readonly=True) as s:
+        legacy = {r.hash: json.dumps(legacy_metrics(r.metrics)) for r in s.runs()}
     con = sqlite3.connect(db)
     con.executescript(OLD_SCHEMA)
     con.execute("ATTACH DATABASE ? AS src", (str(new),))
-    con.execute("INSERT INTO runs SELECT * FROM src.runs")
+    con.execute(f"INSERT INTO runs SELECT {OLD_RUN_COLUMNS} FROM src.runs")
+    con.executemany("UPDATE runs SET metrics_json=? WHERE hash=?", [(m, h) for h, m in legacy.items()])
     con.execute("INSERT INTO memberships SELECT * FROM src.memberships")
     con.commit()
     con.close()
+    return new
 
 
 def test_old_store_without_outcomes_opens_and_reports(tmp_path, fake_stages):
     from prunelab.report import build_report
 
     db = tmp_path / "old.sqlite"
-    _old_store(db, tmp_path, fake_stages)
+    new = _old_store(db, tmp_path, fake_stages)
     with Store(db, readonly=True) as s:  # readonly: the old file is not modified
         runs = s.runs()
         assert len(runs) == 4
+        with Store(new, readonly=True) as fresh:  # the untyped rows read back as the typed results they were
+            assert [(r.hash, r.config, r.metrics) for r in runs] == [(r.hash, r.config, r.metrics)
+                                                                     for r in fresh.runs()]
         assert s.outcomes(runs[0].hash, "eval", "arc_easy_gen") == {} and s.all_outcomes() == {}
     assert sqlite3.connect(db).execute(
         "SELECT COUNT(*) FROM sqlite_master WHERE name='outcomes'").fetchone()[0] == 0
@@ -137,6 +141,10 @@ def test_old_store_without_outcomes_opens_and_reports(tmp_path, fake_stages):
         assert s.all_outcomes() == {}
         s.add_run(_rec("new", OUTCOMES))
         assert len(s.outcomes("new", "eval", "arc_easy")) == 2 and s.count() == 5
+        # the old rows keep result_version 1, the new one is written as typed JSON (version 2)
+        versions = dict(s.conn.execute("SELECT hash, result_version FROM runs"))
+        assert versions.pop("new") == 2 and set(versions.values()) == {1}
+        assert [r.metrics for r in s.runs() if r.hash != "new"] == [r.metrics for r in runs]
 
 
 def test_runner_stores_every_phase(tmp_path, fake_stages):
@@ -150,13 +158,13 @@ def test_runner_stores_every_phase(tmp_path, fake_stages):
         base, treated = runs["baseline"], runs["treated"]
         assert set(bulk[base.hash]) == {"eval"}
         assert set(bulk[treated.hash]) == {"eval", "relapse"} | {chronic_phase(c) for c in range(3)}
-        for phase, scores in [("eval", treated.metrics["eval"]["scores"]),
-                              ("relapse", treated.metrics["relapse"]["eval"]["scores"]),
-                              ("chronic:2", treated.metrics["chronic"]["cycles"][2]["scores"])]:
+        for phase, scores in [("eval", treated.metrics.eval.scores),
+                              ("relapse", treated.metrics.relapse.eval.scores),
+                              ("chronic:2", treated.metrics.chronic.cycles[2].scores)]:
             for task, items in bulk[treated.hash][phase].items():
                 assert len(items) == 5  # eval.limit
                 assert 100.0 * sum(o.correct for o in items.values()) / 5 == pytest.approx(scores[task])
         # outcomes stay out of metrics_json
-        assert "outcomes" not in treated.metrics["eval"] and set(treated.metrics["eval"]) == {"scores", "n"}
+        assert set(type(treated.metrics.eval).model_fields) == {"scores", "n", "protocol"}
         raw = s.conn.execute("SELECT metrics_json FROM runs WHERE hash=?", (treated.hash,)).fetchone()[0]
         assert "item_id" not in raw

@@ -134,7 +134,7 @@ def _results(value):
 
 def _stored(db) -> list[tuple[str, dict]]:
     with Store(db, readonly=True) as s:
-        return sorted((r.hash, _results(r.metrics)) for r in s.runs())
+        return sorted((r.hash, _results(r.metrics.model_dump(mode="json"))) for r in s.runs())
 
 
 def _count(db) -> int:

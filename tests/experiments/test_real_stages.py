@@ -41,23 +41,24 @@ def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
     with Store(db) as s:
         runs = {r.mechanism or "base": r for r in s.runs()}
     base, ket, ssri = runs["base"], runs["big"], runs["small"]
-    assert base.metrics["model"]["layer_widths"] == [24] * 4  # GLU 48 → 50% pruned
-    assert set(base.metrics["eval"]["scores"]) == {"arc_easy_gen", "lambada_gen", "composite"}
-    assert base.metrics["eval"]["n"] == {"arc_easy_gen": 2, "lambada_gen": 2}
+    assert base.metrics.model.layer_widths == (24,) * 4  # GLU 48 → 50% pruned
+    assert set(base.metrics.eval.scores) == {"arc_easy_gen", "lambada_gen", "composite"}
+    assert base.metrics.eval.n == {"arc_easy_gen": 2, "lambada_gen": 2}
     # isodose: ssri trains round(P_ket / P_ssri) epochs; both runs' 6·P·L·N·E within half an ssri epoch
-    kp, sp = ket.metrics["training"]["trainable_params"], ssri.metrics["training"]["trainable_params"]
-    assert ssri.metrics["training"]["epochs"] == max(1, round(kp / sp)) == 3
-    assert ssri.config["mechanism"]["targets"] == ["q", "v"] and ssri.config["mechanism"]["lr"] == 1e-6
+    kp, sp = ket.metrics.training.trainable_params, ssri.metrics.training.trainable_params
+    assert ssri.metrics.training.epochs == max(1, round(kp / sp)) == 3
+    ssri_mechanism = ssri.config.treatment.mechanism
+    assert ssri_mechanism.targets == ("q", "v") and ssri_mechanism.lr == 1e-6
     assert abs(ssri.flops - ket.flops) <= 0.5 * 6 * sp * 32 * 4
-    assert ket.metrics["training"]["honest_flops"] > ket.flops
-    assert "composite" in ket.metrics["relapse"]["eval"]["scores"]
-    assert [c["cycle"] for c in ket.metrics["chronic"]["cycles"]] == [0, 1]
+    assert ket.metrics.training.recovery.honest_flops > ket.flops
+    assert "composite" in ket.metrics.relapse.eval.scores
+    assert [c.cycle for c in ket.metrics.chronic.cycles] == [0, 1]
     # per-item outcomes of every evaluation are stored with the run, and reproduce its stored scores
     with Store(db) as s:
         got = s.all_outcomes([ket.hash])[ket.hash]
     assert set(got) == {"eval", "relapse", "chronic:0", "chronic:1"}
-    stored = {"eval": ket.metrics["eval"]["scores"], "relapse": ket.metrics["relapse"]["eval"]["scores"],
-              **{f"chronic:{c['cycle']}": c["scores"] for c in ket.metrics["chronic"]["cycles"]}}
+    stored = {"eval": ket.metrics.eval.scores, "relapse": ket.metrics.relapse.eval.scores,
+              **{f"chronic:{c.cycle}": c.scores for c in ket.metrics.chronic.cycles}}
     for phase, tasks in got.items():
         assert "composite" not in tasks and tasks
         for task, items in tasks.items():
@@ -71,11 +72,13 @@ def test_real_pipeline_on_tiny_model(tmp_path, tiny_dir, monkeypatch):
 
 def test_real_depth_pruning_stage(tmp_path, tiny_dir):
     from prunelab.experiments.stages import real_prepare
+    from prunelab.runs.config import DepthPruning, ModelSpec
 
-    pruning = {"kind": "depth", "name": "d", "k": 1, "search": "one-shot", "objective": "perplexity",
-               "calibration": {"source": "wikitext2", "samples": 2, "seq_len": 16}}
-    prep = real_prepare({"source": str(tiny_dir), "name": "tiny"}, pruning, 0, tmp_path / "cache")
-    assert prep.info["num_layers"] == 3 and len(prep.info["removed_layers"]) == 1
-    assert prep.info["original"]["num_layers"] == 4
-    again = real_prepare({"source": str(tiny_dir), "name": "tiny"}, pruning, 0, tmp_path / "cache")
+    pruning = DepthPruning.model_validate({"name": "d", "k": 1, "search": "one-shot", "objective": "perplexity",
+                                           "calibration": {"source": "wikitext2", "samples": 2, "seq_len": 16}})
+    model = ModelSpec(source=str(tiny_dir), name="tiny")
+    prep = real_prepare(model, pruning, 0, tmp_path / "cache")
+    assert prep.info.num_layers == 3 and len(prep.info.removed_layers) == 1
+    assert prep.info.original.num_layers == 4
+    again = real_prepare(model, pruning, 0, tmp_path / "cache")
     assert again.info == prep.info and "prune" not in again.timings  # reloaded from the cache

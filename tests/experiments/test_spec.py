@@ -77,13 +77,17 @@ def test_expansion_counts_and_baselines():
     assert sum(r.kind == "baseline" for r in runs) == 12
     assert len({r.hash for r in runs}) == len(runs)
     # runs sharing a pruned model are contiguous (each is pruned once per invocation)
-    keys = [r.group[-1] for r in runs]
+    keys = [r.prune_key for r in runs]
     assert all(keys.index(k) + keys.count(k) - 1 == len(keys) - 1 - keys[::-1].index(k) for k in set(keys))
     # the treated run carries the resolved mechanism values and the isodose reference
-    t = next(r for r in runs if r.kind == "treated" and r.config["mechanism"]["name"] == "ssri")
-    assert t.config["mechanism"]["r"] == 8 and t.config["mechanism"]["targets"] == ["q", "v"]
-    assert t.config["dose"]["reference"]["epochs"] == 1
-    assert t.config["dose"]["reference"]["mechanism"]["r"] == 64
+    t = next(r for r in runs if r.kind == "treated" and r.config.treatment.mechanism.name == "ssri")
+    assert t.config.treatment.mechanism.r == 8 and t.config.treatment.mechanism.targets == ("q", "v")
+    assert t.config.treatment.dose.reference_epochs == 1
+    assert t.config.treatment.dose.reference.r == 64
+    # the prune key names the pruned model: the same for a baseline and its treated runs, and per seed
+    base = next(r for r in runs if r.kind == "baseline" and r.config.model.name == t.config.model.name
+                and r.config.pruning.name == t.config.pruning.name and r.config.seed == t.config.seed)
+    assert base.prune_key == t.prune_key == t.config.prune_key
 
 
 def test_rank_sweep_and_inline_mechanisms():
@@ -91,11 +95,12 @@ def test_rank_sweep_and_inline_mechanisms():
                                          "lr": 1e-4}, {"name": "k32", "base": "ketamine", "r": 32, "alpha": 64}],
                             rank_sweep={"ranks": [16, 32]}, isodose="ketamine:3", seeds=[0]))
     runs = expand(spec)
-    mechs = [r.config["mechanism"] for r in runs if r.kind == "treated"]
-    assert [m["name"] for m in mechs] == ["mine", "k32", "ketamine-r16", "ketamine-r32"]
-    assert mechs[1]["targets"] == ["q", "k", "v", "o", "gate", "up", "down"] and mechs[1]["alpha"] == 64
-    assert [m["sweep"] for m in mechs] == [False, False, True, True]
-    assert mechs[2]["alpha"] == 32.0 and mechs[3]["r"] == 32
+    treatments = [r.config.treatment for r in runs if r.kind == "treated"]
+    mechs = [t.mechanism for t in treatments]
+    assert [m.name for m in mechs] == ["mine", "k32", "ketamine-r16", "ketamine-r32"]
+    assert mechs[1].targets == ("q", "k", "v", "o", "gate", "up", "down") and mechs[1].alpha == 64
+    assert [t.sweep for t in treatments] == [False, False, True, True]
+    assert mechs[2].alpha == 32.0 and mechs[3].r == 32
 
 
 def test_config_hash_stable_across_key_order_and_processes():
@@ -152,8 +157,8 @@ def test_registry_names_checked_before_work(patch, path):
 def test_protocol_and_isodose_formula_are_in_the_run_config_and_hash():
     runs = {r.label: r for r in expand(parse_spec(with_()))}
     treated = next(r for k, r in runs.items() if "ketamine" in k)
-    assert treated.config["eval"]["protocol"] == "auto"  # the default
-    assert treated.config["dose"]["formula"] == "study"  # the default: the study's 6·P·L·N·E
+    assert treated.config.eval.protocol == "auto"  # the default
+    assert treated.config.treatment.dose.formula == "study"  # the default: the study's 6·P·L·N·E
     by_protocol = {p: {r.label: r.hash for r in expand(parse_spec(with_(eval={"protocol": p})))}
                    for p in ("raw", "chat", "auto")}
     for a in by_protocol:  # every run (untreated too) differs between protocols
@@ -166,9 +171,9 @@ def test_protocol_and_isodose_formula_are_in_the_run_config_and_hash():
         if "untreated" in label:  # no training: the formula does not enter
             assert run.hash == runs[label].hash
         else:
-            assert run.config["dose"]["formula"] == "honest" and run.hash != runs[label].hash
+            assert run.config.treatment.dose.formula == "honest" and run.hash != runs[label].hash
     fixed = expand(parse_spec(with_(isodose={"epochs": 2})))
-    assert all("formula" not in r.config["dose"] for r in fixed if r.kind == "treated")
+    assert all("formula" not in r.config.to_dict()["dose"] for r in fixed if r.kind == "treated")
 
 
 def test_shipped_examples_protocol_and_formula():

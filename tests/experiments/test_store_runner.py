@@ -11,7 +11,8 @@ import yaml
 
 from prunelab.errors import PrunelabError
 from prunelab.experiments import Store, expand, load_spec, run_experiment
-from prunelab.experiments.store import RunRecord
+from prunelab.experiments.spec import parse_spec
+from prunelab.runs.result import EvalScores, RunMeta, RunMetrics, RunRecord, RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,22 +36,27 @@ def write_spec(tmp_path, **kw):
     return p
 
 
-def rec(h="h1", **kw):
-    base = dict(hash=h, kind="baseline", model="m", pruning="p", mechanism=None, seed=0, config={"a": 1},
-                metrics={"eval": {"scores": {"composite": 1.0}}}, flops=None, timings={"evaluate": 0.1},
-                versions={"python": "3"}, started_at=1.0, finished_at=2.0)
-    base.update(kw)
-    return RunRecord(**base)
+#: the config of a stored baseline run (``model: m``, no pruning, seed 0)
+BASELINE = expand(parse_spec({"name": "r", "models": ["m"]}))[0].config
+
+
+def rec(h="h1", metrics: RunMetrics | None = None, outcomes=None) -> RunRecord:
+    result = RunResult(metrics=metrics or RunMetrics(eval=EvalScores(scores={"composite": 1.0})), flops=None,
+                       timings={"evaluate": 0.1}, versions={"python": "3"}, started_at=1.0, finished_at=2.0,
+                       outcomes=outcomes or {})
+    return RunRecord(h, BASELINE, result)
 
 
 def test_store_roundtrip_and_duplicates(tmp_path):
     db = tmp_path / "r.sqlite"
     with Store(db) as s:
-        assert s.add_run(rec("a"), "exp1", 0, {"note": "n"}) is True
-        assert s.add_run(rec("a", metrics={"other": 1}), "exp2", 3) is False  # stored once, membership added
+        assert s.add_run(rec("a"), "exp1", 0, RunMeta(note="n")) is True
+        other = RunMetrics(eval=EvalScores(scores={"composite": 2.0}))
+        assert s.add_run(rec("a", other), "exp2", 3) is False  # stored once, membership added
         assert s.count() == 1 and s.stored_hashes() == {"a"}
         runs = s.runs()
-        assert runs[0].metrics == {"eval": {"scores": {"composite": 1.0}}}
+        assert runs[0].metrics == RunMetrics(eval=EvalScores(scores={"composite": 1.0}))
+        assert runs[0].config == BASELINE and runs[0].meta.note == "n"
         assert runs[0].experiments == ("exp1", "exp2")
         assert [r.hash for r in s.runs("exp2")] == ["a"]
         with pytest.raises(PrunelabError, match="no runs of experiment 'nope'"):
@@ -86,19 +92,19 @@ def test_run_resume_skips_stored(tmp_path, fake_stages):
     treated = [r for r in stored if r.kind == "treated"]
     t = next(r for r in treated if r.mechanism == "ssri")
     # isodose: ssri gets round(P_ketamine / P_ssri) epochs (fake P = r·100·len(targets))
-    assert t.metrics["training"]["epochs"] == round(64 * 7 / (8 * 2))
-    assert t.flops == pytest.approx(6 * 8 * 100 * 2 * 32 * 8 * t.metrics["training"]["epochs"])
-    assert len(t.metrics["chronic"]["cycles"]) == 3 and "relapse" in t.metrics
-    assert set(t.versions) >= {"python", "torch"} and t.timings["recover"] >= 0
+    assert t.metrics.training.epochs == round(64 * 7 / (8 * 2))
+    assert t.flops == pytest.approx(6 * 8 * 100 * 2 * 32 * 8 * t.metrics.training.epochs)
+    assert len(t.metrics.chronic.cycles) == 3 and t.metrics.relapse is not None
+    assert set(t.result.versions) >= {"python", "torch"} and t.result.timings["recover"] >= 0
 
 
 def test_failed_run_is_recorded_and_others_continue(tmp_path, fake_stages, monkeypatch):
-    from tests.experiments import fake_stages as fs
+    from tests.experiments.fake_stages import FakeStages
 
     def broken(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(fs, "_relapse", broken)
+    monkeypatch.setattr(FakeStages, "relapse", broken)
     db = tmp_path / "r.sqlite"
     summary = run_experiment(write_spec(tmp_path, seeds=[0]), db)
     assert summary.failed == 3 and summary.completed == 1  # only the baseline has no relapse

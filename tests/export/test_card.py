@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import prunelab
-from prunelab.export.card import model_card, source_info
+from prunelab.models.card import model_card, source_info
 from tests.export._helpers import per_layer_pruned, tiny_bpe_tokenizer, tiny_llama
 
 

@@ -74,6 +74,15 @@ class TestQwen2(AdapterContract):
     family = "qwen2"
 
 
+class TestQwen3(AdapterContract):
+    """Qwen3 maps to the Qwen2 adapter; its per-head q/k RMSNorm (``q_norm``, ``k_norm``) must not get in the way."""
+
+    family = "qwen3"
+
+    def test_maps_to_the_qwen2_adapter(self, model):
+        assert model.config.model_type == "qwen3" and adapter_for(model).family == "qwen2"
+
+
 class TestMistral(AdapterContract):
     family = "mistral"
 

@@ -86,7 +86,8 @@ def test_depth_study_cli_writes_tables_and_figures(saved_tiny, tmp_path):
         "--eval-limit", "3", "--ppl-windows", "1", "-o", str(out), "--json", str(tmp_path / "s.json")])
     assert result.exit_code == 0, result.output
     for name in ("accuracy", "perplexity", "time_vs_accuracy"):
-        assert (out / f"{name}.md").read_text().startswith("| k |")
+        md = (out / f"{name}.md").read_text()
+        assert md.startswith(f"**{saved_tiny}") and "\n| k | objective | search |" in md
         rows = list(csv.DictReader((out / f"{name}.csv").open()))
         assert len(rows) == (1 if name != "time_vs_accuracy" else 0) + 2 * 2 * 4
     for fig in ("masks_perplexity.png", "masks_margin.png", "rank_scatter.png"):

@@ -131,7 +131,8 @@ def test_cli_compensate_refusals_write_nothing(saved6, tmp_path, args, message):
 @pytest.mark.parametrize("method", ["linear", "scale"])
 def test_compensated_search_scores_the_compensated_model_and_restores_weights(method):
     from prunelab.prune.depth import search_blocks
-    from prunelab.prune.depth_eval import BlockEvaluator, PerplexityObjective
+    from prunelab.prune.block_evaluator import BlockEvaluator
+    from prunelab.prune.depth_objectives import PerplexityObjective
 
     model = tiny_model("llama", num_hidden_layers=6)
     before = {k: v.clone() for k, v in model.state_dict().items()}

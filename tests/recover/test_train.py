@@ -129,12 +129,12 @@ def test_bad_inputs():
 @pytest.mark.parametrize("family", ["llama", "gemma2", "phi3"])
 def test_padding_free_batches_equal_padded_loss(family):
     """Packed rows (position ids restart per sample) must give the same loss as padded rows: no cross-talk."""
-    from prunelab.recover.train import _collator
+    from prunelab.recover.training_data import collator
 
     model, tok = tiny_model(family), tiny_tokenizer()
     recs = [(f"### Instruction:\nsay {w}\n\n### Response:\n", w * k) for w, k in (("ab", 1), ("xyz", 5), ("q", 9))]
-    padded = _collator(True)(tokenize_records(tok, recs, seq_len=64, pad_to_max=True))
-    packed = _collator(False)(tokenize_records(tok, recs, seq_len=64, pad_to_max=False))
+    padded = collator(True)(tokenize_records(tok, recs, seq_len=64, pad_to_max=True))
+    packed = collator(False)(tokenize_records(tok, recs, seq_len=64, pad_to_max=False))
     assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] < 3 * 64
     with torch.no_grad():
         a = model(**padded).loss

@@ -10,9 +10,14 @@ McNemar p = binomtest(d, d, 0.5) for one seed.
 from __future__ import annotations
 
 from prunelab.evaluate.registry import ItemOutcome
-from prunelab.experiments.store import RunRecord, Store
+from prunelab.recover.mechanisms import Mechanism
+from prunelab.runs.config import ChronicSpec, Dose, EvalSpec, ModelSpec, NoPruning, RunConfig, StressSpec, \
+    TrainingSpec, Treatment
+from prunelab.runs.result import (ChronicCycle, ChronicResult, EvalScores, PruningInfo, RecoveryInfo, RelapseResult,
+                                  RunMeta, RunMetrics, RunRecord, RunResult, TrainingInfo)
+from prunelab.runs.store import Store
 
-KET = {"name": "ketamine", "r": 64, "alpha": 128.0, "targets": ["q"], "dropout": 0.05, "lr": 5e-5, "sweep": False}
+KET = Mechanism("ketamine", r=64, alpha=128.0, targets=("q",), dropout=0.05, lr=5e-5)
 N_ITEMS = 100
 PREFIX = {"arc_easy_gen": "arc", "lambada_gen": "lam"}
 
@@ -29,21 +34,25 @@ def _phase(scores: dict) -> dict:
 
 
 def _rec(h, kind, model, pruning, seed, scores, mech=None, relapse=None, flops=None, chronic=None, epochs=None,
-         structure=None, outcomes=False, formula=None):
-    metrics = {"eval": {"scores": scores, "n": {t: N_ITEMS for t in scores if t != "composite"} if outcomes else {}}}
-    cfg = {"kind": kind, "seed": seed, "model": {"name": model}, "pruning": {"name": pruning}}
+         structure=None, outcomes=False, formula=None, sweep=False):
+    """One stored run with hand-picked scores: a baseline, or (``mech`` given) a treated run."""
+    n = {t: N_ITEMS for t in scores if t != "composite"} if outcomes else {}
+    training = relapse_result = chronic_result = treatment = None
     if mech is not None:
-        cfg["mechanism"] = mech
-        cfg["stress"] = {"chronic": {"tasks": ["arc_easy_gen"]}} if chronic else {}
-        metrics["training"] = {"epochs": epochs or 1, "honest_flops": flops * 10 if flops else None}
-        if formula is not None:
-            metrics["training"]["isodose_formula"] = formula
+        stress = StressSpec(chronic=ChronicSpec(cycles=2, tasks=["arc_easy_gen"])) if chronic else StressSpec()
+        treatment = Treatment(mechanism=mech, dose=Dose(epochs=epochs or 1), training=TrainingSpec(), stress=stress,
+                              sweep=sweep)
+        training = TrainingInfo(epochs=epochs or 1, isodose_formula=formula, flops=flops,
+                                recovery=RecoveryInfo(honest_flops=flops * 10 if flops else None))
     if relapse is not None:
-        metrics["relapse"] = {"eval": {"scores": relapse}}
+        relapse_result = RelapseResult(eval=EvalScores(scores=relapse))
     if chronic is not None:
-        metrics["chronic"] = {"cycles": [{"cycle": i, "scores": {"arc_easy_gen": v}} for i, v in enumerate(chronic)]}
-    if structure is not None:
-        metrics["model"] = structure
+        chronic_result = ChronicResult(cycles=tuple(ChronicCycle(cycle=i, scores={"arc_easy_gen": v})
+                                                    for i, v in enumerate(chronic)))
+    metrics = RunMetrics(model=structure or PruningInfo(), eval=EvalScores(scores=scores, n=n), training=training,
+                         relapse=relapse_result, chronic=chronic_result)
+    config = RunConfig(model=ModelSpec(source=model), pruning=NoPruning(name=pruning), seed=seed, eval=EvalSpec(),
+                       treatment=treatment)
     per_item = {}
     if outcomes:
         per_item["eval"] = _phase(scores)
@@ -51,9 +60,9 @@ def _rec(h, kind, model, pruning, seed, scores, mech=None, relapse=None, flops=N
             per_item["relapse"] = _phase(relapse)
         for i, v in enumerate(chronic or []):
             per_item[f"chronic:{i}"] = _phase({"arc_easy_gen": v})
-    return RunRecord(hash=h, kind=kind, model=model, pruning=pruning, mechanism=mech["name"] if mech else None,
-                     seed=seed, config=cfg, metrics=metrics, flops=flops, timings={}, versions={}, started_at=0.0,
-                     finished_at=float(len(h)), outcomes=per_item)
+    assert kind == config.kind
+    return RunRecord(h, config, RunResult(metrics=metrics, flops=flops, timings={}, versions={}, started_at=0.0,
+                                          finished_at=float(len(h)), outcomes=per_item))
 
 
 def comp(arc, lam):
@@ -64,7 +73,7 @@ def records(outcomes: bool = False) -> list[tuple[RunRecord, int]]:
     """The synthetic runs with their experiment positions."""
     recs = []
     o = outcomes
-    widths = {"layer_widths": [6, 5, 6], "original": {"layer_widths": [10, 10, 10]}, "removed_layers": []}
+    widths = PruningInfo(layer_widths=(6, 5, 6), original={"layer_widths": (10, 10, 10)})
     # primary group: baselines composite 20, 21, 22 over seeds 0..2
     for s, c in enumerate([20.0, 21.0, 22.0]):
         recs.append(_rec(f"b{s}", "baseline", "llama", "w60", s, comp(c, c), structure=widths, outcomes=o))
@@ -74,9 +83,9 @@ def records(outcomes: bool = False) -> list[tuple[RunRecord, int]]:
                          chronic=[30.0 + s, 25.0, 20.0 - s], epochs=3, outcomes=o))
     # rank sweep, seed 0 only: r16 composite 19 (rec -1), r32 composite 24 (rec +4)
     for r, c, rl in [(16, 19.0, 18.0), (32, 24.0, 23.0)]:
-        m = {**KET, "name": f"ketamine-r{r}", "r": r, "alpha": 2.0 * r, "sweep": True}
+        m = KET.with_(name=f"ketamine-r{r}", r=r, alpha=2.0 * r)
         recs.append(_rec(f"s{r}", "treated", "llama", "w60", 0, comp(c, c), m, comp(rl, rl), 2e14, epochs=192 // r,
-                         outcomes=o))
+                         outcomes=o, sweep=True))
     # transfer: a second model with ketamine, seeds 0, 1 (recovery 5, 7)
     for s, (bc, c) in enumerate([(30.0, 35.0), (30.0, 37.0)]):
         recs.append(_rec(f"gb{s}", "baseline", "gemma", "none", s, comp(bc, bc), outcomes=o))
@@ -90,5 +99,5 @@ def build(db, outcomes: bool = False) -> list[RunRecord]:
     recs = records(outcomes)
     with Store(db) as st:
         for r, pos in recs:
-            st.add_run(r, "synthetic", pos, {"note": "synthetic numbers", "description": ""})
+            st.add_run(r, "synthetic", pos, RunMeta(note="synthetic numbers"))
     return [r for r, _ in recs]

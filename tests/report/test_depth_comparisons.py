@@ -9,7 +9,7 @@ import pytest
 
 from prunelab.evaluate.registry import ItemOutcome
 from prunelab.prune.depth import SearchResult
-from prunelab.prune.depth_study import DepthStudy, StudyRow, comparison_table, run_depth_study, write_study
+from prunelab.studies.depth import DepthStudy, StudyRow, comparison_table, run_depth_study, write_study
 from prunelab.report.comparisons import NO_DATA
 from tests.tiny import tiny_model, tiny_tokenizer
 

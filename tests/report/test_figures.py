@@ -1,6 +1,7 @@
 import pytest
 
-from prunelab.experiments.store import Store
+from prunelab.runs.result import PruningInfo
+from prunelab.runs.store import Store
 from prunelab.report.figures import write_figures
 from prunelab.report.tables import build_tables
 from tests.report._synthetic import _rec, build, comp
@@ -23,8 +24,8 @@ def test_all_supported_figures_written(tmp_path):
 
 def test_depth_mask_and_nothing_for_missing_data(tmp_path):
     db = tmp_path / "d.sqlite"
-    depth = {"layer_widths": [8] * 4, "num_layers": 4, "original": {"layer_widths": [8] * 6, "num_layers": 6},
-             "removed_layers": [2, 4]}
+    depth = PruningInfo(layer_widths=(8,) * 4, num_layers=4, original={"layer_widths": (8,) * 6, "num_layers": 6},
+                        removed_layers=(2, 4))
     with Store(db) as s:
         s.add_run(_rec("b0", "baseline", "m", "depth-k2", 0, comp(10.0, 20.0), structure=depth), "d", 0)
         tables, _, data = build_tables(s.runs())
@@ -45,7 +46,7 @@ def with_outcomes(tmp_path_factory):
         for seed in range(3):
             base = {0: 22.0, 1: 25.0, 2: 24.0}[seed]
             s.add_run(_rec(f"n{seed}", "treated", "llama", "w60", seed, comp(base + 1, base - 1),
-                           {**KET, "name": "neurosteroid"}, comp(base, base), 1e14,
+                           KET.with_(name="neurosteroid"), comp(base, base), 1e14,
                            chronic=[30.0 + seed, 25.0, 20.0 - seed], outcomes=True), "synthetic", 50 + seed)
         runs = s.runs()
         tables, _, data = build_tables(runs, Outcomes.from_store(s, runs))

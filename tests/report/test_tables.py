@@ -4,7 +4,7 @@ import json
 import pytest
 
 from prunelab.errors import PrunelabError
-from prunelab.experiments.store import Store
+from prunelab.runs.store import Store
 from prunelab.report import build_report
 from prunelab.report.comparisons import NO_DATA
 from prunelab.report.tables import build_tables, fmt, summarize
@@ -151,12 +151,12 @@ def test_sweep_arm_and_treatment_with_the_same_name_stay_apart(tmp_path):
     from tests.report._synthetic import KET, _rec, comp
 
     db = tmp_path / "s.sqlite"
-    k32 = {**KET, "name": "ketamine-r32", "r": 32, "alpha": 64.0}
+    k32 = KET.with_(name="ketamine-r32", r=32, alpha=64.0)
     with Store(db) as s:
         s.add_run(_rec("b0", "baseline", "m", "none", 0, comp(10.0, 10.0)), "x", 0)
         s.add_run(_rec("t0", "treated", "m", "none", 0, comp(14.0, 14.0), k32, comp(13.0, 13.0), 1e14), "x", 1)
-        s.add_run(_rec("w0", "treated", "m", "none", 0, comp(12.0, 12.0), {**k32, "sweep": True},
-                       comp(12.0, 12.0), 1e14), "x", 2)
+        s.add_run(_rec("w0", "treated", "m", "none", 0, comp(12.0, 12.0), k32,
+                       comp(12.0, 12.0), 1e14, sweep=True), "x", 2)
     tables, _ = _tables(db)
     assert tables[2].records[0]["recovery"]["mean"] == 4.0   # the treatment
     assert tables[5].records[0]["recovery"]["mean"] == 2.0   # the sweep arm

@@ -4,12 +4,13 @@ unpaired comparisons, the zero-effect case, and a report equal before and after 
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 import json
 
 import pytest
 from scipy import stats as sps
 
-from prunelab.experiments.store import Store
+from prunelab.runs.store import Store
 from prunelab.report import build_report
 from prunelab.report.comparisons import NO_DATA, NOT_PAIRED, Outcomes, accuracy_cell
 from prunelab.report.tables import NOISE_COLUMN, build_tables, render_markdown
@@ -127,7 +128,7 @@ def test_table3_both_costs_and_the_equalised_formula(tmp_path):
         s.add_run(_rec("b0", "baseline", "m", "none", 0, comp(20.0, 20.0), outcomes=True), "f", 0)
         s.add_run(_rec("t0", "treated", "m", "none", 0, comp(24.0, 22.0), KET, None, 2e14, outcomes=True,
                        formula="honest"), "f", 1)
-        s.add_run(_rec("t1", "treated", "m", "none", 0, comp(22.0, 22.0), {**KET, "name": "ssri"}, None, 1e14,
+        s.add_run(_rec("t1", "treated", "m", "none", 0, comp(22.0, 22.0), KET.with_(name="ssri"), None, 1e14,
                        outcomes=True), "f", 2)
         runs = s.runs()
         tables, _, _ = build_tables(runs, Outcomes.from_store(s, runs))
@@ -160,11 +161,9 @@ def test_table4_cycles_have_intervals_and_a_paired_decline(stored):
 def test_report_from_records_equals_report_after_reopening(stored, tmp_path):
     """Tables built from the runs in memory (before storing) equal those built from the reopened store."""
     db, t, omitted, data = stored
-    recs = [r for r, _ in records(outcomes=True)]
     with Store(db, readonly=True) as s:  # positions and memberships come from the store
         pos = {r.hash: (r.position, r.meta) for r in s.runs()}
-    for r in recs:
-        r.position, r.meta = pos[r.hash]
+    recs = [replace(r, position=pos[r.hash][0], meta=pos[r.hash][1]) for r, _ in records(outcomes=True)]
     recs.sort(key=lambda r: (r.position, r.finished_at))
     mem_tables, mem_omitted, mem_data = build_tables(recs, Outcomes.from_records(recs))
     assert render_markdown(mem_tables, mem_omitted, mem_data) == render_markdown(list(t.values()), omitted, data)

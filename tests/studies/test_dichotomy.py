@@ -287,13 +287,15 @@ def test_cli_rejects_bad_ratios(saved_tiny, tmp_path, ratios, message):
 def test_cli_runs_and_writes(saved_tiny, tmp_path, monkeypatch):
     from prunelab.cli import app
 
-    monkeypatch.setattr(d, "_library_evaluate", lambda progress=None: fake_evaluate)
+    from prunelab.studies.dichotomy import run
+
+    monkeypatch.setattr(run, "_library_evaluate", lambda progress=None: fake_evaluate)
     out, js = tmp_path / "out", tmp_path / "r.json"
     result = runner.invoke(app, ["dichotomy", str(saved_tiny), "-e", "1.2,1.0,0.5", "-o", str(out), "--limit", "2",
                                  "--gen-limit", "1", "--tasks", "arc_challenge,truthfulqa_mc2,ifeval,gsm8k",
                                  "--no-efficiency", "--json", str(js)])
     assert result.exit_code == 0, result.output
-    assert "arc_challenge (knowledge)" in result.stdout
+    assert "Kinds: knowledge: arc_challenge; truthfulness: truthfulqa_mc2" in result.stdout
     data = json.loads(js.read_text())
     assert [p["intermediate_size"] for p in data["points"]] == [48, 38, 32, 16]
     assert data["limits"] == {"arc_challenge": 2, "truthfulqa_mc2": 2, "ifeval": 1, "gsm8k": 1}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from prunelab.evaluate.registry import TASKS, TaskResult
+from prunelab.evaluate.registry import TaskResult, TaskSpec, register_task
 from prunelab.evaluate.tasks._common import dependency
 from prunelab.scores import STUDY_COMPOSITE, composite_score
 
 
-@TASKS.register("composite")
+@register_task(TaskSpec("composite", "composite", "composite", higher_is_better=True, label="Composite (%)"))
 def composite(model, tokenizer, limit, seed, batch_size) -> TaskResult:
     """(arc_easy_gen.acc + lambada_gen.acc) / 2 with the same limit and seed (reused when run in the same call).
 

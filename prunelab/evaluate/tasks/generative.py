@@ -38,11 +38,13 @@ from prunelab.evaluate.generation import generate_greedy
 from prunelab.evaluate.generative_tasks import SETTINGS, resolve_protocol
 from prunelab.evaluate.loglik import loglikelihood_groups
 from prunelab.evaluate.progress import Counter
-from prunelab.evaluate.registry import TASKS, ItemOutcome, TaskResult
+from prunelab.evaluate.registry import GenerationSpec, ItemOutcome, TaskResult, TaskSpec, register_task
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.tasks._common import percent_stderr
 
 MAX_NEW_TOKENS = 10
+#: the study's short answers: ≤ 10 new tokens, prompt in the run's protocol
+SHORT_ANSWER = GenerationSpec(MAX_NEW_TOKENS, follows_protocol=True)
 LETTERS = "ABCDEFGHIJ"
 _PUNCT = string.punctuation + "“”‘’«»…—–"
 
@@ -98,7 +100,8 @@ def _arc_easy_gen(name: str, model, tokenizer, limit, seed, batch_size, protocol
                                 for it, h, p in zip(items, hits, preds)])
 
 
-@TASKS.register("arc_easy_gen")
+@register_task(TaskSpec("arc_easy_gen", "generation", "acc", higher_is_better=True, label="ARC-Easy (%)",
+                        generation=SHORT_ANSWER))
 def arc_easy_gen(model, tokenizer, limit, seed, batch_size, protocol: str | None = None) -> TaskResult:
     """ARC-Easy test, generation protocol (module docstring); acc = 100·mean[parsed letter == answerKey].
 
@@ -108,7 +111,8 @@ def arc_easy_gen(model, tokenizer, limit, seed, batch_size, protocol: str | None
     return _arc_easy_gen("arc_easy_gen", model, tokenizer, limit, seed, batch_size, protocol)
 
 
-@TASKS.register("arc_easy_gen_chat")
+@register_task(TaskSpec("arc_easy_gen_chat", "generation", "acc", higher_is_better=True, label="ARC-Easy chat (%)",
+                        generation=GenerationSpec(MAX_NEW_TOKENS)))  # always chat, whatever the protocol
 def arc_easy_gen_chat(model, tokenizer, limit, seed, batch_size) -> TaskResult:
     """Alias kept for old specs: ``arc_easy_gen`` with protocol ``chat`` (whatever the current setting).
 
@@ -162,7 +166,8 @@ def lambada_prompt(tokenizer, context: str, protocol: str) -> str:
     return chat_wrap(tokenizer, LAMBADA_CHAT_INSTRUCTION) + context if protocol == "chat" else context
 
 
-@TASKS.register("lambada_gen")
+@register_task(TaskSpec("lambada_gen", "generation", "acc", higher_is_better=True, label="LAMBADA (%)",
+                        generation=SHORT_ANSWER))
 def lambada_gen(model, tokenizer, limit, seed, batch_size, protocol: str | None = None) -> TaskResult:
     """LAMBADA generation protocol (module docstring); acc = 100·mean[lambada_match(pred, target)].
 
@@ -185,7 +190,7 @@ def lambada_gen(model, tokenizer, limit, seed, batch_size, protocol: str | None 
                       outcomes=[ItemOutcome(it.id, correct=h, prediction=p) for it, h, p in zip(items, hits, preds)])
 
 
-@TASKS.register("lambada")
+@register_task(TaskSpec("lambada", "loglikelihood", "acc", higher_is_better=True, label="LAMBADA LL (%)"))
 def lambada(model, tokenizer, limit, seed, batch_size) -> TaskResult:
     """lm-eval ``lambada_openai``: context + `` {last word}``; acc = 100·mean[is_greedy],
     ppl = exp(−mean loglik) over passages (lm-eval's ``perplexity`` aggregation)."""

@@ -10,7 +10,7 @@ import time
 
 from prunelab.evaluate.perplexity import perplexity_of_ids, tokenize_text
 from prunelab.evaluate.progress import Counter
-from prunelab.evaluate.registry import TASKS, ItemOutcome, TaskResult
+from prunelab.evaluate.registry import ItemOutcome, TaskResult, TaskSpec, register_task
 
 SEQ_LEN = 512
 
@@ -29,7 +29,7 @@ def _ppl_task(name: str, text: str, model, tokenizer, limit, batch_size) -> Task
                                 for i, v, t in zip(window_ids, res.window_nll, res.window_tokens)])
 
 
-@TASKS.register("wikitext2")
+@register_task(TaskSpec("wikitext2", "perplexity", "ppl", higher_is_better=False, label="WikiText-2 ppl"))
 def wikitext2(model, tokenizer, limit, seed, batch_size) -> TaskResult:
     """WikiText-2 test (the whole text tokenised once), ppl = exp(Σ NLL / Σ tokens) over 512-token windows."""
     from prunelab.data import load_wikitext2_text
@@ -37,7 +37,7 @@ def wikitext2(model, tokenizer, limit, seed, batch_size) -> TaskResult:
     return _ppl_task("wikitext2", load_wikitext2_text(), model, tokenizer, limit, batch_size)
 
 
-@TASKS.register("c4")
+@register_task(TaskSpec("c4", "perplexity", "ppl", higher_is_better=False, label="C4 ppl"))
 def c4(model, tokenizer, limit, seed, batch_size) -> TaskResult:
     """C4 validation sample (256 documents joined by blank lines), same windows; needs internet (no offline copy)."""
     from prunelab.data.loaders import load_c4_texts

@@ -1,16 +1,6 @@
-"""Depth-pruning objectives and the cached candidate evaluator.
+"""The cached candidate evaluator of depth pruning: ``BlockEvaluator(removed) -> L(S)`` for an objective.
 
-A candidate is a set ``S`` of removed blocks; its value is ``L(D; θ ⊙ m_S)`` with ``(m_S)_i = 1[i ∉ S]``
-(paper eq. 2). Two objectives (registry :data:`OBJECTIVES`):
-
-* ``perplexity`` — mean token negative log-likelihood on calibration token batches
-  ``L = (1/T) Σ_t −log p(x_t | x_<t)`` (lower = better; ``exp(L)`` is the calibration perplexity).
-* ``margin`` — task likelihood margin on multiple-choice items (Wee et al., 2025): per item, with the
-  length-normalised log-likelihood ``ℓ(c) = (1/|c|) Σ_{t∈c} log p(c_t | context, c_<t)`` of each choice,
-  ``margin = max_{c≠y} ℓ(c) − ℓ(y)``; ``L`` = mean margin (more negative = better). ``|c|`` is counted in
-  tokens.
-
-:class:`BlockEvaluator` computes ``L(S)``. With ``cached=True`` (default) nothing is computed twice:
+With ``cached=True`` (default) nothing is computed twice:
 
 * values are memoised per removed set (beam/GA/BO revisit sets);
 * hidden states are cached per *kept prefix* (the tuple of kept block indices run so far, which fully
@@ -25,50 +15,27 @@ its own mask type after removal, as :func:`prunelab.models.surgery.remove_layers
 entry). The captured input of block 0 already includes family-specific embedding scaling (Gemma2's
 ``√hidden``), and the head applies Gemma2's final-logit soft-capping, so the cached path is exact for every
 supported family (tested against ``cached=False``, which runs the HF decoder forward with the blocks swapped
-out, on all tiny families).
+out by :func:`blocks_removed`, on all tiny families).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
-from prunelab.registry import Registry
+from prunelab.prune.depth_objectives import Objective
+
+__all__ = ["BlockEvaluator", "blocks_removed"]
 
 #: Keyword arguments of a decoder-layer call whose tensors are batch-first (stacked with the hidden states).
 _BATCH_FIRST_KWARGS = frozenset({"attention_mask", "position_ids", "position_embeddings"})
-
-#: Tokens per LM-head chunk: bounds the ``[tokens, vocab]`` logits tensor (vocab 49k × 2048 × 4 B ≈ 400 MB).
-HEAD_CHUNK = 1024
-
-
-# ----------------------------------------------------------------------------------------------------------
-# model pieces
-# ----------------------------------------------------------------------------------------------------------
-def lm_logits(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
-    """``lm_head(h)`` with the family's final-logit soft-capping (Gemma2: ``c·tanh(z/c)``)."""
-    logits = model.get_output_embeddings()(normed)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def _token_logprobs(model: nn.Module, normed: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log p(targets | ·)`` for rows of ``normed`` ``[T, H]`` and ``targets`` ``[T]``, chunked over T."""
-    out = []
-    for s in range(0, normed.shape[0], HEAD_CHUNK):
-        logits = lm_logits(model, normed[s : s + HEAD_CHUNK]).float()
-        out.append(-nn.functional.cross_entropy(logits, targets[s : s + HEAD_CHUNK], reduction="none"))
-    return torch.cat(out) if out else normed.new_zeros(0)
 
 
 @contextmanager
@@ -99,225 +66,6 @@ def blocks_removed(model: nn.Module, removed: Iterable[int]):
                 cfg.__dict__.pop(name, None)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# objectives
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class Batch:
-    """One forward batch of the calibration set (right-padded) plus objective-specific bookkeeping."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor | None = None
-    meta: list = field(default_factory=list)
-
-
-class Objective:
-    """An objective: calibration ``batches`` and ``reduce(model, normed_hidden_per_batch) -> float``."""
-
-    name = ""
-    lower_is_better = True
-    batches: list[Batch]
-
-    def reduce(self, model: nn.Module, normed: Sequence[torch.Tensor]) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def prepare_bound(self, model: nn.Module, dense_normed: Sequence[torch.Tensor]) -> None:
-        """Called once with the dense model's final normed states (objectives with a cheap bound set it up)."""
-
-    def lower_bound(self, model: nn.Module, normed: Sequence[torch.Tensor]) -> float | None:
-        """A cheap ``B ≤ reduce(model, normed)``, or None when the objective has none."""
-        return None
-
-    def token_mask(self, batch: Batch) -> torch.Tensor:
-        """Which positions are real tokens (for block-influence averaging)."""
-        if batch.attention_mask is None:
-            return torch.ones_like(batch.input_ids, dtype=torch.bool)
-        return batch.attention_mask.bool()
-
-
-class PerplexityObjective(Objective):
-    """Mean token NLL ``(1/T) Σ −log p(x_t | x_<t)`` over calibration windows ``tokens [n, L]``."""
-
-    name = "perplexity"
-
-    def __init__(self, tokens: torch.Tensor, batch_size: int = 8) -> None:
-        if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
-            raise PrunelabError("perplexity objective needs a non-empty calibration batch [n ≥ 1, seq_len ≥ 2]")
-        self.batches = [Batch(tokens[s : s + batch_size]) for s in range(0, tokens.shape[0], batch_size)]
-
-    def reduce(self, model, normed):
-        total, count = 0.0, 0
-        for b, h in zip(self.batches, normed):
-            hid = h[:, :-1].reshape(-1, h.shape[-1])
-            tgt = b.input_ids[:, 1:].reshape(-1)
-            total -= float(_token_logprobs(model, hid, tgt).double().sum())
-            count += tgt.numel()
-        return total / count
-
-    #: tokens per calibration position added to the bound's vocabulary (the dense model's most likely ones there)
-    support_top_k = 64
-    #: calibration positions sharing one bound vocabulary: at most ``positions × (1 + top_k)`` tokens each
-    support_positions = 64
-
-    def prepare_bound(self, model, dense_normed):
-        """Bound vocabularies ``U_c``, one per run of ``support_positions`` consecutive calibration positions: every
-        target token of the run plus the dense model's top-``support_top_k`` tokens at each of its positions (where
-        a slightly pruned model still puts most of its probability mass).
-
-        One vocabulary for all positions would grow with the calibration size (512 positions × 64 tokens already
-        cover most of a 49k vocabulary) until the bound cost as much as the head; per-run vocabularies keep it at
-        ≤ ``positions·(1 + k)/|V|`` of the head (≈ 8 % for SmolLM2), and stay tighter than per-position ones."""
-        k = min(self.support_top_k, model.get_output_embeddings().weight.shape[0])
-        self.support = []  # per batch: a list of (first position, U_c sorted token ids, each target's index in U_c)
-        for b, h in zip(self.batches, dense_normed):
-            hid = h[:, :-1].reshape(-1, h.shape[-1])
-            tgt = b.input_ids[:, 1:].reshape(-1)
-            runs = []
-            for s in range(0, hid.shape[0], self.support_positions):
-                t = tgt[s : s + self.support_positions]
-                top = lm_logits(model, hid[s : s + self.support_positions]).topk(k, dim=-1).indices
-                vocab = torch.unique(torch.cat([t, top.reshape(-1)]))
-                runs.append((s, vocab, torch.searchsorted(vocab, t)))
-            self.support.append(runs)
-
-    def lower_bound(self, model, normed):
-        """``B = (1/T) Σ_t [logsumexp_{v∈U_c(t)} z_t,v − z_t,y_t] ≤ L`` for vocabularies ``U_c(t) ∋ y_t``: dropping
-        terms from a log-sum-exp can only lower it. Minus a float-rounding allowance."""
-        support = getattr(self, "support", None)
-        if support is None:
-            return None
-        head = model.get_output_embeddings()
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        total, count = 0.0, 0
-        for h, runs in zip(normed, support):
-            hid = h[:, :-1].reshape(-1, h.shape[-1])
-            for s, vocab, tpos in runs:
-                bias = None if head.bias is None else head.bias[vocab]
-                z = nn.functional.linear(hid[s : s + len(tpos)], head.weight[vocab], bias).float()
-                if cap:
-                    z = torch.tanh(z / cap) * cap
-                nll = torch.logsumexp(z, dim=-1) - z.gather(1, tpos[:, None]).squeeze(1)
-                total += float(nll.double().sum())
-            count += hid.shape[0]
-        bound = total / count
-        return bound - 1e-5 * max(1.0, abs(bound))
-
-
-class MarginObjective(Objective):
-    """Mean task likelihood margin ``max_{c≠y} ℓ(c) − ℓ(y)`` (token-length-normalised ℓ) over MC items."""
-
-    name = "margin"
-
-    def __init__(self, tokenizer, items: Sequence, batch_size: int = 16, max_len: int = 256) -> None:
-        items = [it for it in items if len(it.choices) >= 2]
-        if not items:
-            raise PrunelabError("margin objective needs at least one multiple-choice item with ≥ 2 choices")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        seqs = []  # (item_idx, choice_idx, ids, cont_start)
-        for i, it in enumerate(items):
-            for c, choice in enumerate(it.choices):
-                ctx_text = it.contexts[c] if it.contexts else it.context
-                ctx = tokenizer(ctx_text, add_special_tokens=False)["input_ids"]
-                cont = tokenizer(choice, add_special_tokens=False)["input_ids"]
-                if not cont:
-                    raise PrunelabError(f"MC item {it.id}: choice {c} tokenises to nothing")
-                ids = (ctx + cont)[-max_len:]
-                start = max(1, len(ids) - len(cont))  # a continuation needs ≥ 1 token of context
-                seqs.append((i, c, ids, start))
-        self.items = items
-        self.batches = []
-        for s in range(0, len(seqs), batch_size):
-            chunk = seqs[s : s + batch_size]
-            width = max(len(x[2]) for x in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (_, _, seq, _) in enumerate(chunk):
-                ids[r, : len(seq)] = torch.tensor(seq)
-                mask[r, : len(seq)] = 1
-            meta = [(i, c, r, st, len(seq)) for r, (i, c, seq, st) in enumerate(chunk)]
-            self.batches.append(Batch(ids, mask, meta))
-
-    def choice_loglik(self, model, normed) -> list[list[float]]:
-        """``ℓ[item][choice]``: mean log-probability of the choice tokens given the context."""
-        ll: list[list[float]] = [[math.nan] * len(it.choices) for it in self.items]
-        for b, h in zip(self.batches, normed):
-            rows, pos, tgt, owner = [], [], [], []
-            for (i, c, r, st, end) in b.meta:
-                p = torch.arange(st - 1, end - 1)  # logits at p predict token p + 1
-                rows.append(torch.full_like(p, r))
-                pos.append(p)
-                tgt.append(b.input_ids[r, st:end])
-                owner.extend([(i, c)] * len(p))
-            rows_t, pos_t = torch.cat(rows), torch.cat(pos)
-            lp = _token_logprobs(model, h[rows_t, pos_t], torch.cat(tgt)).double()
-            k = 0
-            for (i, c, r, st, end) in b.meta:
-                n = end - st
-                ll[i][c] = float(lp[k : k + n].mean())
-                k += n
-        return ll
-
-    def reduce(self, model, normed):
-        ll = self.choice_loglik(model, normed)
-        margins = []
-        for it, l in zip(self.items, ll):
-            gold = l[it.answer]
-            margins.append(max(v for c, v in enumerate(l) if c != it.answer) - gold)
-        return sum(margins) / len(margins)
-
-
-def _perplexity_objective(model, tokenizer, calibration=None, n_samples: int = 32, seq_len: int = 128,
-                          source: str = "lambada", seed: int = 0, batch_size: int = 8, **_) -> Objective:
-    """``calibration``: a ``LongTensor [n, L]`` of token ids, else :func:`prunelab.data.calibration_batch`."""
-    if calibration is None:
-        from prunelab.data import calibration_batch
-
-        calibration = calibration_batch(tokenizer, n_samples=n_samples, seq_len=seq_len, source=source, seed=seed)
-    if not isinstance(calibration, torch.Tensor):
-        raise PrunelabError("perplexity objective expects calibration token ids as a LongTensor [n, seq_len]")
-    return PerplexityObjective(calibration.to(model.device), batch_size=batch_size)
-
-
-def _margin_objective(model, tokenizer, calibration=None, n_samples: int = 64, seed: int = 0,
-                      mc_source: str = "arc_easy:validation", batch_size: int = 16, max_len: int = 256,
-                      **_) -> Objective:
-    """``calibration``: a list of MC items, else a seeded sample of ``mc_source`` (``arc_easy:validation``
-    by default — never the ``test`` split that evaluation uses)."""
-    if calibration is None:
-        calibration = load_mc_calibration(mc_source, n_samples, seed)
-    if isinstance(calibration, torch.Tensor) or not isinstance(calibration, (list, tuple)):
-        raise PrunelabError("margin objective expects a list of multiple-choice items as calibration")
-    return MarginObjective(tokenizer, calibration, batch_size=batch_size, max_len=max_len)
-
-
-def load_mc_calibration(source: str = "arc_easy:validation", n_samples: int | None = 64, seed: int = 0) -> list:
-    """Seeded MC items for the margin objective from ``arc_easy|arc_challenge:train|validation``."""
-    from prunelab.data import load_arc, seeded_sample
-
-    name, _, split = source.partition(":")
-    split = split or "validation"
-    subsets = {"arc_easy": "easy", "arc_challenge": "challenge"}
-    if name not in subsets:
-        raise PrunelabError(f"unknown margin calibration source '{name}'; use arc_easy or arc_challenge")
-    if split == "test":
-        raise PrunelabError("margin calibration must not use the test split (it is the evaluation split)")
-    if split not in ("train", "validation"):
-        raise PrunelabError(f"unknown split '{split}' for {name}; use train or validation")
-    items = load_arc(subsets[name], split=split)
-    if not items:
-        raise PrunelabError(f"margin calibration source {source} is empty")
-    return seeded_sample(items, n_samples, seed)
-
-
-#: name -> factory(model, tokenizer, calibration=None, n_samples, seq_len, seed, ...) -> Objective
-OBJECTIVES: Registry[Callable[..., Objective]] = Registry("depth objective")
-OBJECTIVES.register("perplexity", _perplexity_objective)
-OBJECTIVES.register("margin", _margin_objective)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# evaluator
-# ----------------------------------------------------------------------------------------------------------
 class BlockEvaluator:
     """``evaluator(removed) -> L(S)``, cached (default) or naive (HF forward from the embeddings each time).
 
@@ -382,7 +130,7 @@ class BlockEvaluator:
                 self._kwargs.append([current[i][1] for i in range(n)])
                 for i in range(n):
                     inputs[i].append(current[i][0])
-                inputs[n].append(self._run_block(n - 1, len(self._kwargs) - 1, current[n - 1][0], count=False))
+                inputs[n].append(self._run_block(n - 1, len(self._kwargs) - 1, current[n - 1][0]))
         finally:
             for h in handles:
                 h.remove()
@@ -398,7 +146,7 @@ class BlockEvaluator:
             for i in range(1, n):
                 self._put(tuple(range(i)), inputs[i])
 
-    def _run_block(self, idx: int, batch: int, h: torch.Tensor, count: bool = True) -> torch.Tensor:
+    def _run_block(self, idx: int, batch: int, h: torch.Tensor) -> torch.Tensor:
         out = self.layers[idx](h, **self._kwargs[batch][idx])
         return out[0] if isinstance(out, tuple) else out
 

@@ -1,5 +1,9 @@
 """The results store: one SQLite file, one row per *finished* run, keyed by the run's config hash.
 
+A row holds the run's :class:`~prunelab.runs.config.RunConfig` (``config_json``, the hashed mapping) and its
+typed :class:`~prunelab.runs.result.RunResult` (``metrics_json`` = ``RunMetrics`` JSON, in the version given by
+the row's ``result_version``); :meth:`Store.runs` reads both back as :class:`~prunelab.runs.result.RunRecord`.
+
 Durability (why a SIGKILL never corrupts it or loses a finished run): SQLite in WAL mode with
 ``synchronous=FULL``; each finished run is written in a single transaction (``BEGIN IMMEDIATE`` … ``COMMIT``),
 so a run is either fully present or absent — together with its per-item outcomes (the ``outcomes``
@@ -9,7 +13,8 @@ already present. stdlib ``sqlite3`` is the library here (no ORM needed for a few
 Concurrency: several drivers may write one store at once. Each leases a run in the ``claims`` table before
 executing it (:meth:`Store.claim_next`, renewed by :class:`Heartbeat`; expired leases are taken over), writers
 use ``BEGIN IMMEDIATE`` with a 60 s busy timeout plus a retry on BUSY/LOCKED, and the schema is versioned with
-``PRAGMA user_version`` (:data:`SCHEMA_VERSION`; older stores are upgraded in place by adding tables).
+``PRAGMA user_version`` (:data:`SCHEMA_VERSION`; older stores are upgraded in place by adding tables and a
+column, and rows they already hold are read in their own ``result_version``).
 """
 
 from __future__ import annotations
@@ -28,21 +33,9 @@ from typing import Any
 
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.registry import ItemOutcome
-
-#: Phases of a run whose evaluation outcomes are stored: the evaluation of the run's model (treated or
-#: baseline), the evaluation after acute relapse, and each chronic cycle's (``chronic_phase(k)``).
-EVAL_PHASE = "eval"
-RELAPSE_PHASE = "relapse"
-
-#: ``{phase: {task: [ItemOutcome, ...]}}`` — what one run hands to :meth:`Store.add_run`.
-RunOutcomes = dict[str, dict[str, list[ItemOutcome]]]
-#: ``{phase: {task: {item_id: ItemOutcome}}}`` — one run's outcomes as read back.
-RunOutcomesById = dict[str, dict[str, dict[str, ItemOutcome]]]
-
-
-def chronic_phase(cycle: int) -> str:
-    """The outcomes phase of chronic cycle ``cycle`` (0 = the treated model before any stress)."""
-    return f"chronic:{int(cycle)}"
+from prunelab.runs.config import RunConfig
+from prunelab.runs.result import (EVAL_PHASE, LEGACY_RESULT_VERSION, RELAPSE_PHASE, RESULT_VERSION, RunMeta,
+                                  RunMetrics, RunOutcomes, RunOutcomesById, RunRecord, RunResult)
 
 
 def _check_phase(phase: str) -> None:
@@ -66,7 +59,8 @@ CREATE TABLE IF NOT EXISTS runs (
     versions_json TEXT NOT NULL,
     started_at REAL NOT NULL,
     finished_at REAL NOT NULL,
-    host TEXT
+    host TEXT,
+    result_version INTEGER NOT NULL DEFAULT 2
 );
 CREATE TABLE IF NOT EXISTS memberships (
     experiment TEXT NOT NULL,
@@ -106,9 +100,11 @@ CREATE TABLE IF NOT EXISTS claims (
 """
 
 #: ``PRAGMA user_version`` this prunelab writes. 0 = a store written before versioning (same tables minus
-#: ``claims``); 1 = + ``claims``. Upgrades only ever add tables, so an older store is upgraded in place on the
-#: first writable open and stays readable by older prunelab versions; a newer store is refused for writing.
-SCHEMA_VERSION = 1
+#: ``claims``); 1 = + ``claims``; 2 = + ``runs.result_version`` (the metrics JSON of each row: 1 = the untyped
+#: dicts of before, 2 = :class:`~prunelab.runs.result.RunMetrics`). Upgrades only ever add tables and columns
+#: (an upgraded store's old rows keep ``result_version`` 1 and are read as such), so an older store is upgraded
+#: in place on the first writable open; a newer store is refused for writing.
+SCHEMA_VERSION = 2
 
 CLAIM_RUNNING, CLAIM_FAILED = "running", "failed"
 
@@ -157,32 +153,6 @@ class ClaimResult:
     busy: set[str] = field(default_factory=set)  # leased by another live owner
 
 
-@dataclass
-class RunRecord:
-    """A finished run as stored."""
-
-    hash: str
-    kind: str
-    model: str
-    pruning: str
-    mechanism: str | None
-    seed: int
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    flops: float | None
-    timings: dict[str, float]
-    versions: dict[str, str]
-    started_at: float
-    finished_at: float
-    host: str | None = None
-    experiments: tuple[str, ...] = ()
-    position: int = 0
-    meta: dict[str, Any] | None = None
-    #: per-item outcomes written with the run (``{phase: {task: [...]}}``); :meth:`Store.runs` leaves this
-    #: empty — read them with :meth:`Store.outcomes` / :meth:`Store.all_outcomes`
-    outcomes: RunOutcomes = field(default_factory=dict)
-
-
 class Store:
     """Open (or create) a results database. Use as a context manager or call :meth:`close`."""
 
@@ -213,12 +183,21 @@ class Store:
             raise PrunelabError(f"{self.path} was written by a newer prunelab (store schema {version}, this one "
                                 f"writes {SCHEMA_VERSION}): upgrade prunelab to add runs to it")
         try:
-            self.conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}{CLAIMS_SCHEMA}"
-                                    f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+            self.conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}{CLAIMS_SCHEMA}")
+            if not self._has_result_version():
+                # rows already present were written as untyped dicts: they keep version 1 and are read as such
+                self.conn.execute(f"ALTER TABLE runs ADD COLUMN result_version INTEGER NOT NULL "
+                                  f"DEFAULT {LEGACY_RESULT_VERSION}")
+            # execute, not executescript: executescript would commit the open transaction before running
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+
+    def _has_result_version(self) -> bool:
+        return any(row[1] == "result_version" for row in self.conn.execute("PRAGMA table_info(runs)"))
 
     def schema_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -237,9 +216,10 @@ class Store:
 
     # ------------------------------------------------------------------------------------- writing
     def add_run(self, rec: RunRecord, experiment: str | None = None, position: int = 0,
-                meta: dict[str, Any] | None = None) -> bool:
+                meta: RunMeta | None = None) -> bool:
         """Insert a finished run, its per-item outcomes (``rec.outcomes``) and its experiment membership in
-        one transaction, so a run and its outcomes are present together or not at all.
+        one transaction, so a run and its outcomes are present together or not at all. The result is written
+        as :class:`~prunelab.runs.result.RunMetrics` JSON (``result_version`` :data:`RESULT_VERSION`).
 
         Returns False (and changes nothing but the membership) when the hash is already stored, so two
         drivers racing on one database still leave each run present exactly once.
@@ -251,12 +231,12 @@ class Store:
         try:
             cur.execute(
                 "INSERT OR IGNORE INTO runs (hash, kind, model, pruning, mechanism, seed, config_json, metrics_json,"
-                " flops, timings_json, versions_json, started_at, finished_at, host)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " flops, timings_json, versions_json, started_at, finished_at, host, result_version)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rec.hash, rec.kind, rec.model, rec.pruning, rec.mechanism, rec.seed,
-                 json.dumps(rec.config, sort_keys=True), json.dumps(rec.metrics, sort_keys=True),
-                 rec.flops, json.dumps(rec.timings), json.dumps(rec.versions),
-                 rec.started_at, rec.finished_at, rec.host or socket.gethostname()))
+                 json.dumps(rec.config.to_dict(), sort_keys=True), rec.metrics.model_dump_json(),
+                 rec.flops, json.dumps(rec.result.timings), json.dumps(rec.result.versions),
+                 rec.started_at, rec.finished_at, rec.host or socket.gethostname(), RESULT_VERSION))
             inserted = cur.rowcount == 1
             if inserted:
                 self._add_outcomes(cur, rec.hash, rec.outcomes)
@@ -269,7 +249,7 @@ class Store:
             raise
         return inserted
 
-    def add_memberships(self, experiment: str, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
+    def add_memberships(self, experiment: str, items: Iterable[tuple[str, int, RunMeta]]) -> None:
         """Record that already-stored runs belong to ``experiment`` too (one transaction)."""
         cur = self.conn.cursor()
         self._begin(cur)
@@ -295,9 +275,9 @@ class Store:
                     raise PrunelabError(f"run {h}: task '{task}' ({phase}) lists item '{dup}' twice") from None
 
     @staticmethod
-    def _member(cur: sqlite3.Cursor, experiment: str, h: str, position: int, meta: dict[str, Any] | None) -> None:
+    def _member(cur: sqlite3.Cursor, experiment: str, h: str, position: int, meta: RunMeta | None) -> None:
         cur.execute("INSERT OR REPLACE INTO memberships (experiment, hash, position, meta_json) VALUES (?,?,?,?)",
-                    (experiment, h, position, json.dumps(meta or {}, sort_keys=True)))
+                    (experiment, h, position, json.dumps((meta or RunMeta()).to_dict(), sort_keys=True)))
 
     def add_failure(self, h: str, label: str, error: str) -> None:
         self.conn.execute("INSERT INTO failures (hash, label, error, at) VALUES (?,?,?,?)", (h, label, error, time.time()))
@@ -400,21 +380,26 @@ class Store:
                 mem = [m for m in mem if m[0] == experiment]
                 if not mem:
                     continue
-            rec = RunRecord(
-                hash=row[0], kind=row[1], model=row[2], pruning=row[3], mechanism=row[4], seed=row[5],
-                config=json.loads(row[6]), metrics=json.loads(row[7]), flops=row[8], timings=json.loads(row[9]),
-                versions=json.loads(row[10]), started_at=row[11], finished_at=row[12], host=row[13],
-                experiments=tuple(sorted({m[0] for m in mem})),
-                position=min((m[1] for m in mem), default=0),
-                meta=mem[0][2] if mem else {})
-            out.append(rec)
+            try:
+                config = RunConfig.from_dict(json.loads(row[6]))
+            except PrunelabError as exc:
+                raise PrunelabError(f"{self.path}: run {row[0]}: {exc}") from None
+            result = RunResult(metrics=_read_metrics(json.loads(row[7]), row[14]), flops=row[8],
+                               timings=json.loads(row[9]), versions=json.loads(row[10]), started_at=row[11],
+                               finished_at=row[12])
+            out.append(RunRecord(hash=row[0], config=config, result=result, host=row[13],
+                                 experiments=tuple(sorted({m[0] for m in mem})),
+                                 position=min((m[1] for m in mem), default=0),
+                                 meta=RunMeta.from_dict(mem[0][2] if mem else None)))
         out.sort(key=lambda r: (r.position, r.finished_at))
         return out
 
     def _rows(self) -> Iterator[tuple]:
+        # a store opened read-only is never upgraded: before schema 2 every row is result_version 1
+        version = "result_version" if self._has_result_version() else str(LEGACY_RESULT_VERSION)
         yield from self.conn.execute(
             "SELECT hash, kind, model, pruning, mechanism, seed, config_json, metrics_json, flops, timings_json,"
-            " versions_json, started_at, finished_at, host FROM runs")
+            f" versions_json, started_at, finished_at, host, {version} FROM runs")
 
     # ------------------------------------------------------------------------------------- outcomes
     def _has_outcomes_table(self) -> bool:
@@ -493,6 +478,15 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def _read_metrics(data: dict[str, Any], version: int) -> RunMetrics:
+    """A row's metrics JSON in its own ``result_version`` (see :data:`SCHEMA_VERSION`)."""
+    if version == LEGACY_RESULT_VERSION:
+        return RunMetrics.from_legacy(data)
+    if version == RESULT_VERSION:
+        return RunMetrics.model_validate(data)
+    raise PrunelabError(f"a run's result_version {version} is newer than this prunelab reads ({RESULT_VERSION})")
 
 
 def package_versions() -> dict[str, str]:

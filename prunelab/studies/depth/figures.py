@@ -1,7 +1,7 @@
 """Depth-study figures: removed-block mask grids (search × layer) and perplexity-rank vs accuracy-rank.
 
-Matplotlib with the non-interactive Agg backend; each function writes one PNG to the path it is given (the
-caller owns atomicity, e.g. :func:`prunelab.prune.depth_study.write_study` writes into a temporary directory).
+Each function writes one PNG (matplotlib, via :func:`prunelab.studies.plotting.pyplot`) to the path it is given
+(the caller owns atomicity: :func:`prunelab.studies.depth.outputs.write_study` writes into a temporary directory).
 """
 
 from __future__ import annotations
@@ -9,25 +9,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from prunelab.studies.depth.run import DepthStudy, spearman_ranks
+from prunelab.studies.plotting import pyplot
 
 
-def mask_grid_figure(study, objective: str, path: str | Path) -> Path:
+def mask_grid_figure(study: DepthStudy, objective: str, path: str | Path) -> Path:
     """One panel per budget k: rows = searches, columns = layers, filled cell = removed block."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     ks = study.removes
     n_layers = next((r.result.n_blocks for r in study.rows if r.result), 1)
-    fig, axes = plt.subplots(len(ks), 1, figsize=(max(6.0, 0.28 * n_layers + 2.5), 0.45 * len(study.searches) * len(ks) + 1.2 * len(ks)),
-                             squeeze=False)
+    height = 0.45 * len(study.searches) * len(ks) + 1.2 * len(ks)
+    fig, axes = plt.subplots(len(ks), 1, figsize=(max(6.0, 0.28 * n_layers + 2.5), height), squeeze=False)
     for ax, k in zip(axes[:, 0], ks):
         rows = [r for r in study.rows if r.k == k and r.objective == objective and r.result]
         grid = np.zeros((len(rows), n_layers))
@@ -48,13 +42,11 @@ def mask_grid_figure(study, objective: str, path: str | Path) -> Path:
     return Path(path)
 
 
-def rank_scatter_figure(study, path: str | Path) -> Path:
+def rank_scatter_figure(study: DepthStudy, path: str | Path) -> Path:
     """Perplexity rank (1 = lowest) vs accuracy rank (1 = highest) of perplexity-pruned models, Spearman ρ."""
     from scipy.stats import rankdata
 
-    from prunelab.prune.depth_study import spearman_ranks
-
-    plt = _plt()
+    plt = pyplot()
     ks = study.removes
     fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 4.0), squeeze=False)
     for ax, k in zip(axes[0], ks):
