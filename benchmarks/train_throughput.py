@@ -150,10 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput prunelab/plain = {ratio:.2f}×; loss curves: max |Δ| {max(diffs):.4f}, "
           f"mean |Δ| {sum(diffs) / n:.4f} over {n} steps; mean loss first quarter {first:.4f} → last quarter {last:.4f}")
 
-    import matplotlib
+    from prunelab.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(1, len(plain["losses"]) + 1), plain["losses"], label=f"plain PEFT+Trainer ({plain['tokens_per_second']:.0f} tok/s)")

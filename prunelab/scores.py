@@ -20,6 +20,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prunelab.errors import PrunelabError
 
@@ -33,9 +34,16 @@ __all__ = [
 STUDY_COMPOSITE: tuple[str, ...] = ("arc_easy_gen", "lambada_gen")
 
 
-def composite_parts(eval_config: Mapping | None) -> tuple[str, ...]:
-    """The composite's parts named by a run's eval config (``eval.composite``), else the study's."""
-    parts = (eval_config or {}).get("composite") if isinstance(eval_config, Mapping) else None
+def composite_parts(eval_config: Any) -> tuple[str, ...]:
+    """The composite's parts named by a run's eval config (``eval.composite``), else the study's.
+
+    ``eval_config`` is the eval mapping of a stored config, or anything with a ``composite`` attribute (the typed
+    ``prunelab.runs.config.EvalSpec``, whose ``RunConfig.composite_parts`` calls this), or None.
+    """
+    if isinstance(eval_config, Mapping):
+        parts = eval_config.get("composite")
+    else:
+        parts = getattr(eval_config, "composite", None)
     return tuple(parts) if parts else STUDY_COMPOSITE
 
 

@@ -1,11 +1,12 @@
-"""One table object, rendered three ways: Markdown (a pipe table), CSV and JSON.
+"""One table object, rendered four ways: Markdown (a pipe table), CSV, JSON and an HTML fragment.
 
 Every table prunelab writes — the report's Tables 1–6, the studies' tables, the stress reports — is a
 :class:`Table`: ``columns`` and ``rows`` of display cells plus ``records`` (the machine numbers, for JSON). A cell
 is a display string (or anything ``str`` renders) or an :class:`IntervalCell` — a difference with a confidence
 interval — which Markdown prints as one cell (``+2.1 [−1.3, +5.4]*``) and CSV as separate estimate / low / high /
 p columns; a table holding intervals gets a ``Within noise`` column naming the differences whose CI includes
-zero. What an interval's brackets and markers mean is the caller's to explain: a subclass overrides
+zero. :meth:`Table.html` is the same table as an escaped HTML ``<table>`` (the report's ``report.html``). What an
+interval's brackets and markers mean is the caller's to explain: a subclass overrides
 :meth:`Table.legend` (the report does, :class:`prunelab.report.tables.Table`).
 
 Ground floor: the standard library only.
@@ -14,6 +15,7 @@ Ground floor: the standard library only.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 from collections.abc import Sequence
@@ -122,6 +124,42 @@ class Table:
         """Bold title ("Table N: ..." when numbered), the pipe table, then every note in italics."""
         head = f"**Table {self.number}: {self.title}**\n\n" if self.number is not None else f"**{self.title}**\n\n"
         return head + self.pipe_table() + "".join(f"\n_{n}_\n" for n in self.all_notes())
+
+    # ----- HTML --------------------------------------------------------------------------------------------
+    def anchor(self) -> str:
+        """The ``id`` of this table's HTML fragment: ``table<N>-<slug>`` (``table-<slug>`` unnumbered)."""
+        return f"table{'' if self.number is None else self.number}-{self.slug}"
+
+    def html(self) -> str:
+        """An HTML fragment: the Markdown table's title (as ``<caption>``), header and cells, then every note.
+
+        Cell texts are the Markdown's (:meth:`text_rows`), each escaped with :func:`html.escape`; like the
+        Markdown, the first ``label_columns`` columns are left-aligned and the rest (numbers) get ``class="num"``
+        (right-aligned by the page's style). An interval whose CI includes the null also gets ``noise``. The
+        fragment is well-formed XML as well as HTML (no void elements, every tag closed)."""
+        esc = html.escape
+        cols = self.display_columns()
+
+        def cls(i: int, extra: str = "") -> str:
+            names = " ".join(n for n in ("num" if i >= self.label_columns else "", extra) if n)
+            return f' class="{names}"' if names else ""
+
+        title = f"Table {self.number}: {self.title}" if self.number is not None else self.title
+        out = [f'<div class="table" id="{esc(self.anchor())}">', "<table>", f"<caption>{esc(title)}</caption>",
+               "<thead><tr>" + "".join(f'<th scope="col"{cls(i)}>{esc(c)}</th>' for i, c in enumerate(cols))
+               + "</tr></thead>", "<tbody>"]
+        for raw, row in zip(self.rows, self.text_rows()):
+            tds = []
+            for i, text in enumerate(row):
+                cell = raw[i] if i < len(raw) else None
+                noisy = isinstance(cell, IntervalCell) and cell.has_ci and cell.within_noise
+                tip = ' title="CI includes the null: within noise"' if noisy else ""
+                tds.append(f"<td{cls(i, 'noise' if noisy else '')}{tip}>{esc(text)}</td>")
+            out.append("<tr>" + "".join(tds) + "</tr>")
+        out += ["</tbody>", "</table>"]
+        out += [f'<p class="table-note">{esc(n)}</p>' for n in self.all_notes()]
+        out.append("</div>")
+        return "\n".join(out) + "\n"
 
     # ----- CSV ---------------------------------------------------------------------------------------------
     def csv_header(self) -> list[str]:

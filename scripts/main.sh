@@ -10,4 +10,4 @@ mkdir -p out
 .venv/bin/prunelab info smollm2-135m
 .venv/bin/prunelab run examples/quickstart.yaml --db out/quickstart.sqlite
 .venv/bin/prunelab report --db out/quickstart.sqlite -o out/quickstart-report
-echo "report: out/quickstart-report/tables.md (figures in out/quickstart-report/figures/)"
+echo "report: out/quickstart-report/report.html (one self-contained page; tables.md and figures/ beside it)"

@@ -65,7 +65,7 @@ def depth_study_cmd(
 
     from prunelab.errors import PrunelabError
     from prunelab.prune.depth import OBJECTIVES, SEARCHES
-    from prunelab.studies.depth import run_depth_study, study_tables, write_study
+    from prunelab.studies.depth import run_depth_study, study_table_objects, write_study
 
     removes = _int_list(remove, "--remove")
     objs = OBJECTIVES.parse_list(objectives)
@@ -92,9 +92,9 @@ def depth_study_cmd(
                                 eval_limit=eval_limit, ppl_windows=ppl_windows, seed=seed,
                                 calibration_options={o: calib[o] for o in objs}, search_options=sopts,
                                 model_name=lm.source, progress=lambda msg: bar.update(task, description=msg))
-    write_study(study, out)
-    tables = study_tables(study)
-    console.print(tables["time_vs_accuracy"][0])
+    tables = study_table_objects(study)  # built once: the comparison bootstraps are the slow part
+    write_study(study, out, tables)
+    console.print(tables["time_vs_accuracy"].markdown())
     console.print(f"depth study of {lm.source} finished in {study.seconds:.0f}s; wrote {out}")
     emit_json(study, json_out)
 

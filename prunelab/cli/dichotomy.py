@@ -46,7 +46,7 @@ def dichotomy_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prunelab.errors import PrunelabError
-    from prunelab.studies.dichotomy import BATTERY, GENERATIVE, parse_ratios, run_dichotomy, write_outputs
+    from prunelab.studies.dichotomy import BATTERY, parse_ratios, run_dichotomy, write_outputs
 
     # everything checkable without the model is checked first
     ratios = parse_ratios(expansion_ratios)
@@ -60,7 +60,7 @@ def dichotomy_cmd(
         raise PrunelabError(f"--gsm8k-shots must be ≥ 0, got {gsm8k_shots}")
     check_outputs(overwrite, dirs=(out,), files=(json_out,))
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else [t for ts in BATTERY.values() for t in ts]
-    from prunelab.evaluate import resolve_tasks
+    from prunelab.evaluate import resolve_tasks, task_spec
     from prunelab.prune.width import CRITERIA
 
     names = resolve_tasks(names)
@@ -69,7 +69,7 @@ def dichotomy_cmd(
     limits = {t: base for t in names}
     if not full:
         for t in names:
-            if t in GENERATIVE and gen_limit is not None:
+            if task_spec(t).open_ended and gen_limit is not None:
                 limits[t] = gen_limit
             if t == "wikitext2" and ppl_windows is not None:
                 limits[t] = ppl_windows

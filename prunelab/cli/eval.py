@@ -60,9 +60,9 @@ def eval_cmd(
     check_outputs(overwrite, files=(json_out,))
     lm = load_model(model, dtype, device)
     if backend == "prunelab":  # chat on a tokenizer without a template: one line before any evaluation
-        from prunelab.evaluate.generative_tasks import PROTOCOL_TASKS, resolve_protocol
+        from prunelab.evaluate.generative_tasks import protocol_tasks, resolve_protocol
 
-        if set(names) & PROTOCOL_TASKS:
+        if set(names) & protocol_tasks():
             resolve_protocol(lm.tokenizer, protocol)
     report = _run(lm, names, limit, seed, batch_size, backend, protocol)
     used = getattr(report, "protocol", None)

@@ -22,7 +22,7 @@ def report_cmd(
 
     check_outputs(overwrite, dirs=(out,), files=(json_out,))
     res = build_report(db, out, experiment=experiment, figures=not no_figures)
-    console.print(f"{res.runs} runs → {res.out_dir}/tables.md", highlight=False)
+    console.print(f"{res.runs} runs → {res.out_dir}/tables.md and {res.out_dir}/report.html", highlight=False)
     for t in res.tables:
         console.print(f"  {t}", highlight=False)
     for o in res.omitted:

@@ -2,8 +2,9 @@
 
 ``evaluate(model, tokenizer, ["arc_easy", "lambada_gen"], limit=100, seed=0)`` returns an
 :class:`EvalReport` whose ``results[name]`` is a :class:`TaskResult` (accuracies in percent, the exact item
-ids used, wall seconds). Built-in tasks live in :mod:`prunelab.evaluate.tasks`; other packages add tasks by
-registering into :data:`TASKS` (the module must be imported before :func:`evaluate` looks the name up).
+ids used, wall seconds). Built-in tasks live in :mod:`prunelab.evaluate.tasks`; other packages add tasks with
+:func:`register_task` and the task's :class:`TaskSpec` (the one route: it fills both :data:`TASKS` and
+:data:`TASK_SPECS`; the registering module must be imported before :func:`evaluate` looks the name up).
 """
 
 from __future__ import annotations
@@ -79,12 +80,13 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
     """
     import time
 
-    from prunelab.evaluate.generative_tasks import PROTOCOL_TASKS, check_protocol, generation_settings, resolve_protocol
+    from prunelab.evaluate.generative_tasks import check_protocol, generation_settings, protocol_tasks, resolve_protocol
 
     names = resolve_tasks(tasks)
     check_protocol(protocol)
+    following = protocol_tasks()
     used = None
-    if set(names) & PROTOCOL_TASKS:  # chat without a template fails here, before any work
+    if set(names) & following:  # chat without a template fails here, before any work
         used = resolve_protocol(tokenizer, protocol)
     if "arc_easy_gen_chat" in names:  # the old always-chat task: the same check, before any work
         resolve_protocol(tokenizer, "chat")
@@ -107,7 +109,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: str | list[str], limit: int | No
                 report.results[name] = dependency(name, model, tokenizer, limit, seed, batch_size)
         report.dependencies = {k: v for k, v in cache.items() if k not in report.results}
         for name, res in [*report.results.items(), *report.dependencies.items()]:
-            if name in PROTOCOL_TASKS:  # composite has no prompts of its own: it used its parts' protocol
+            if name in following:  # composite has no prompts of its own: it used its parts' protocol
                 res.details.setdefault("protocol", used)
     finally:
         if was_training:

@@ -46,7 +46,7 @@ import torch
 from prunelab.data import load_gsm8k, load_ifeval, load_truthfulqa, seeded_sample
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.generation import cut_at_stop, generate_until  # noqa: F401  (cut_at_stop: re-exported)
-from prunelab.evaluate.registry import GenerationSpec, ItemOutcome, TaskResult, TaskSpec, register_task
+from prunelab.evaluate.registry import TASK_SPECS, GenerationSpec, ItemOutcome, TaskResult, TaskSpec, register_task
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -55,8 +55,18 @@ from prunelab.evaluate.registry import GenerationSpec, ItemOutcome, TaskResult, 
 GenerationProtocol = Literal["raw", "chat", "auto"]
 #: the prompt protocols (module docstring); ``auto`` resolves to ``raw`` or ``chat``
 PROTOCOLS: tuple[str, ...] = get_args(GenerationProtocol)
-#: tasks whose prompts follow the protocol (``composite`` through its parts)
-PROTOCOL_TASKS: frozenset[str] = frozenset({"arc_easy_gen", "lambada_gen", "composite"})
+
+
+def protocol_tasks() -> frozenset[str]:
+    """The tasks whose prompts follow the protocol: every registered task whose
+    :class:`~prunelab.evaluate.registry.GenerationSpec` says ``follows_protocol`` (``arc_easy_gen``,
+    ``lambada_gen``), plus ``composite``, which has no prompts of its own and follows it through its parts."""
+    from prunelab.evaluate import load_tasks  # the built-in tasks register when their modules are imported
+
+    load_tasks()
+    followers = {name for name in TASK_SPECS.names()
+                 if (g := TASK_SPECS.get(name).generation) is not None and g.follows_protocol}
+    return frozenset(followers | {"composite"})
 
 
 def check_protocol(protocol: str) -> GenerationProtocol:

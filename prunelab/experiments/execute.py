@@ -77,8 +77,11 @@ def execute_run(config: RunConfig, stages: Stages, prepared: Prepared, status: S
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
         return out
 
+    evaluations: dict[str, Any] = {}  # phase -> StageEval, so chronic's cycle 0 can reuse the eval phase
+
     def evaluated(phase: str, model: Any, name: str):
         result = timed(name, lambda: stages.evaluate(model, tokenizer, eval_spec, eval_spec.tasks))
+        evaluations[phase] = result
         if result.outcomes:
             outcomes[phase] = result.outcomes
         return result.summary()
@@ -106,8 +109,9 @@ def execute_run(config: RunConfig, stages: Stages, prepared: Prepared, status: S
         del stressed
     if stress.chronic is not None:
         spec = stress.chronic
+        # `model` is the object the eval phase scored (relapse worked on a clone), so cycle 0 may reuse that
         result = timed("chronic", lambda: stages.chronic(model, tokenizer, mechanism, spec, training, eval_spec,
-                                                         config.seed))
+                                                         config.seed, before=evaluations[EVAL_PHASE]))
         for cycle, per_task in result.outcomes.items():
             if per_task:
                 outcomes[chronic_phase(cycle)] = per_task

@@ -28,7 +28,7 @@ from prunelab.errors import PrunelabError
 from prunelab.recover.mechanisms import Mechanism
 from prunelab.runs.config import ChronicSpec, EvalSpec, ModelSpec, PruningSpec, TrainingSpec
 from prunelab.runs.result import ChronicCycle, EvalScores, PruningInfo, RecoveryInfo
-from prunelab.scores import STUDY_COMPOSITE, with_composite
+from prunelab.scores import composite_parts, with_composite
 
 if TYPE_CHECKING:  # annotations only: stage imports stay lazy
     from prunelab.evaluate.registry import ItemOutcome
@@ -106,8 +106,12 @@ class Stages(Protocol):
         ...
 
     def chronic(self, model: Any, tokenizer: Any, mechanism: Mechanism, chronic: ChronicSpec,
-                training: TrainingSpec, eval_spec: EvalSpec, seed: int) -> StageChronic:
-        """Chronic stress: ``chronic.cycles`` rounds of pruning + maintenance tunes, evaluated every cycle."""
+                training: TrainingSpec, eval_spec: EvalSpec, seed: int, *,
+                before: StageEval | None = None) -> StageChronic:
+        """Chronic stress: ``chronic.cycles`` rounds of pruning + maintenance tunes, evaluated every cycle.
+
+        ``before`` is the evaluation already made of this very ``model`` under ``eval_spec``; cycle 0 (the
+        treated model before any stress) reuses it for the chronic tasks instead of evaluating again."""
         ...
 
     def mechanisms(self) -> Mapping[str, Mechanism]:
@@ -125,11 +129,6 @@ class Stages(Protocol):
     def epoch_tokens(self, tokenizer: Any, training: TrainingSpec, seed: int) -> int:
         """Honest isodose without padding: the tokens one epoch of the seed's recovery data processes."""
         ...
-
-
-def add_composite(scores: dict[str, float], parts: tuple[str, ...] = STUDY_COMPOSITE) -> dict[str, float]:
-    """``scores`` with ``composite`` = mean of ``parts`` (:mod:`prunelab.scores`), when every part was scored."""
-    return with_composite(scores, parts)
 
 
 def get_stages() -> Stages:
@@ -305,7 +304,7 @@ def real_evaluate(model: Any, tokenizer: Any, eval_spec: EvalSpec, tasks: Sequen
                 dependencies.setdefault(task, list(result.outcomes))
     for task, items in dependencies.items():  # a part requested itself (possibly at its own limit) keeps its items
         outcomes.setdefault(task, items)
-    return StageEval(add_composite(scores, tuple(eval_spec.composite)), n, outcomes, protocol)
+    return StageEval(with_composite(scores, composite_parts(eval_spec)), n, outcomes, protocol)
 
 
 def real_relapse(model: Any, fraction: float) -> dict[str, Any]:
@@ -316,12 +315,16 @@ def real_relapse(model: Any, fraction: float) -> dict[str, Any]:
 
 
 def real_chronic(model: Any, tokenizer: Any, mechanism: Mechanism, chronic_spec: ChronicSpec, training: TrainingSpec,
-                 eval_spec: EvalSpec, seed: int) -> StageChronic:
+                 eval_spec: EvalSpec, seed: int, *, before: StageEval | None = None) -> StageChronic:
     """Chronic stress (``prunelab.stress.chronic``); cycle 0 is the treated model. Maintenance tunes use the
-    ``held_out`` Dolly items (disjoint from the recovery set of the same seed)."""
+    ``held_out`` Dolly items (disjoint from the recovery set of the same seed).
+
+    With ``before`` (this model's evaluation under the same ``eval_spec``, covering every chronic task), cycle 0
+    takes its scores and per-item outcomes instead of running the same deterministic evaluation a second time
+    (a third of the chronic stage's time in the main job)."""
     from prunelab.data import dolly_split
     from prunelab.stress import chronic
-    from prunelab.stress.chronic import default_tune_fn
+    from prunelab.stress.common import default_tune_fn
 
     split = dolly_split(n_train=training.samples, n_held_out=training.held_out, seed=seed)
     if not split.held_out:
@@ -329,7 +332,12 @@ def real_chronic(model: Any, tokenizer: Any, mechanism: Mechanism, chronic_spec:
     tasks = list(chronic_spec.tasks)
     per_cycle: list[dict[str, list[ItemOutcome]]] = []  # chronic() evaluates cycle 0, 1, ... in order
 
+    reusable = before is not None and all(t in before.scores and t in before.outcomes for t in tasks)
+
     def eval_fn(m: Any, tok: Any) -> dict[str, float]:
+        if reusable and not per_cycle:  # cycle 0: the model evaluated just before, untouched since
+            per_cycle.append({t: list(before.outcomes[t]) for t in tasks})
+            return {t: before.scores[t] for t in tasks}
         result = real_evaluate(m, tok, eval_spec, tasks)
         per_cycle.append(result.outcomes)
         return result.scores
@@ -386,10 +394,10 @@ def _check_chat_templates(spec: Any) -> None:
     """``eval.protocol: chat`` needs every model's tokenizer to have a chat template: checked on the tokenizer
     alone (cheap) before any model is loaded or pruned. ``auto`` never fails, so it is not checked."""
     from prunelab.errors import PrunelabError
-    from prunelab.evaluate.generative_tasks import PROTOCOL_TASKS, resolve_protocol
+    from prunelab.evaluate.generative_tasks import protocol_tasks, resolve_protocol
 
     tasks = set(spec.eval.tasks) | set(spec.stress.chronic.tasks if spec.stress.chronic is not None else ())
-    if spec.eval.protocol != "chat" or not tasks & PROTOCOL_TASKS:
+    if spec.eval.protocol != "chat" or not tasks & protocol_tasks():
         return
     from transformers import AutoTokenizer
 
@@ -431,8 +439,9 @@ class LibraryStages:
         return real_relapse(model, fraction)
 
     def chronic(self, model: Any, tokenizer: Any, mechanism: Mechanism, chronic: ChronicSpec,
-                training: TrainingSpec, eval_spec: EvalSpec, seed: int) -> StageChronic:
-        return real_chronic(model, tokenizer, mechanism, chronic, training, eval_spec, seed)
+                training: TrainingSpec, eval_spec: EvalSpec, seed: int, *,
+                before: StageEval | None = None) -> StageChronic:
+        return real_chronic(model, tokenizer, mechanism, chronic, training, eval_spec, seed, before=before)
 
     def mechanisms(self) -> Mapping[str, Mechanism]:
         return real_mechanisms()

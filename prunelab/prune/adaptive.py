@@ -272,20 +272,19 @@ def adapt_prune(
 
 def plot_sparsity_profile(report: AdaptiveReport, path: str | Path, title: str | None = None) -> Path:
     """Bar chart of the achieved per-layer sparsity (with the targets and the overall ratio), PNG, atomic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    from matplotlib.ticker import MaxNLocator
 
     from prunelab.atomic import atomic_file
+    from prunelab.plotting import pyplot
+
+    plt = pyplot()
 
     n = len(report.layer_sparsity)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * n + 2), 3.6))
     ax.bar(range(n), [100 * s for s in report.layer_sparsity], color="#4477aa", label="achieved")
     ax.plot(range(n), [100 * s for s in report.target_sparsity], "k_", markersize=10, label="target $S_i$")
     ax.axhline(100 * report.ratio, color="#cc6677", linestyle="--", linewidth=1, label=f"S = {100 * report.ratio:.0f}%")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("parameters removed (%)")
     ax.set_title(title or f"Adapt-Pruner sparsity profile (A = {report.amplitude:g}, T = {report.steps})")

@@ -1,4 +1,4 @@
-"""Reports: the study's metrics (:mod:`.metrics`), Tables 1–6 (:mod:`.tables`) with confidence intervals
+"""Reports: Tables 1–6 (:mod:`.tables`, the study's metrics from :mod:`prunelab.scores`) with confidence intervals
 (:mod:`.comparisons`) and figures (:mod:`.figures`).
 
 Kept light on purpose: submodules (matplotlib, scipy) are imported only when used.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunelab.errors import PrunelabError
+from prunelab.table import WITHIN_NOISE  # the noise column's CSV header, named once with the tables (legend text)
 
 #: the composite score's tasks: composite = mean(ARC-Easy gen %, LAMBADA gen %)
 from prunelab.scores import STUDY_COMPOSITE as COMPOSITE_TASKS  # the default; a report reads its runs' parts
@@ -28,7 +29,6 @@ NO_DATA = "no per-item data, no CI"
 NOT_PAIRED = "different items, not paired: no CI"
 MARK_NO_DATA = "‡"
 MARK_NOT_PAIRED = "§"
-WITHIN_NOISE = "within noise"
 
 
 def _stats():

@@ -15,22 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prunelab.plotting import pyplot
 from prunelab.report.tables import Data, Table, cycle_interval, pretty
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless; never opens a window
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -71,7 +63,7 @@ def draw_recovery_bars(table2: Table | None):
     recs = [r for r in table2.records if r["recovery"] is not None]
     if not recs:
         return None
-    plt = _plt()
+    plt = pyplot()
     multi = len({(r["model"], r["pruning"]) for r in recs}) > 1
     labels = [(f"{r['model']}\n{r['pruning']}\n" if multi else "") + pretty(r["treatment"]) for r in recs]
     means = [_est(r, "recovery") for r in recs]
@@ -118,7 +110,7 @@ def draw_longitudinal(data: Data):
     arms = [a for a in data.arms if a.chronic and not a.sweep]
     if not arms:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     width = 0.08 * (len(arms) - 1)
     any_ci = False
@@ -161,7 +153,7 @@ def rank_sweep(table5: Table | None, path: Path) -> Path | None:
     if table5 is None:
         return None
     recs = sorted(table5.records, key=lambda r: r["r"])
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     rs = [r["r"] for r in recs]
     rerr, rci = _ci_err(recs, "recovery")
@@ -187,7 +179,7 @@ def width_profile(data: Data, path: Path) -> Path | None:
              and s.layer_widths != s.original.layer_widths and not s.removed_layers]
     if not items:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for (model, pruning), s in items:
         orig = s.original.layer_widths
@@ -207,7 +199,7 @@ def depth_mask(data: Data, path: Path) -> Path | None:
     items = [(g, s) for g, s in data.structures.items() if s.removed_layers]
     if not items:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.5 * len(items)))
     for row, ((model, pruning), s) in enumerate(items):
         n = (s.original.num_layers if s.original is not None else None) or ((s.num_layers or 0) + len(s.removed_layers))

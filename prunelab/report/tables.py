@@ -1,6 +1,6 @@
 """The recovery study's Tables 1–6 from a results store, as Markdown + CSV + JSON, every difference with its CI.
 
-Every derived number comes from :mod:`prunelab.report.metrics`, per seed, then summarised:
+Every derived number comes from :mod:`prunelab.scores`, per seed, then summarised:
 
 - recovery      = composite_treated − composite_untreated (same model, pruning and seed)
 - relapse_drop  = composite_treated − composite_after_relapse
@@ -25,17 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunelab import scores as M
 from prunelab.errors import PrunelabError
+from prunelab.evaluate.registry import task_spec
 from prunelab.table import NOISE_COLUMN, Table as PlainTable
 from prunelab.runs.result import ChronicCycle, PruningInfo, RunRecord, chronic_phase
-from prunelab.report import metrics as M
 from prunelab.report.comparisons import (
     COMPOSITE_TASKS, NO_DATA, DiffCell, MdeCollector, Outcomes, accuracy_cell, did_cell, legend,
     observe, scaled,
 )
 
-TASK_LABELS = {"arc_easy_gen": "ARC-Easy (%)", "lambada_gen": "LAMBADA (%)", "composite": "Composite (%)",
-               "arc_easy": "ARC-Easy LL (%)", "lambada": "LAMBADA LL (%)"}
 PRETTY_MECH = {"ketamine": "Ketamine-like", "ssri": "SSRI-like", "neurosteroid": "Neurosteroid-like"}
 
 
@@ -61,8 +60,17 @@ def pretty(mech: str) -> str:
     return PRETTY_MECH.get(mech, mech)
 
 
+def task_label(task: str) -> str:
+    """The header of ``task``'s column: its :class:`~prunelab.evaluate.registry.TaskSpec` label (e.g.
+    ``ARC-Easy (%)``); a task no longer registered (an old store) reads ``<task> (%)``."""
+    try:
+        return task_spec(task).label
+    except PrunelabError:
+        return f"{task} (%)"
+
+
 def summarize(values: list[float]) -> dict[str, Any] | None:
-    """``{"mean", "sd", "n"}`` (sd None for one value) via :func:`prunelab.report.metrics.mean_sd`."""
+    """``{"mean", "sd", "n"}`` (sd None for one value) via :func:`prunelab.scores.mean_sd`."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return None
@@ -304,7 +312,7 @@ def table1(data: Data) -> Table | Omitted:
     if not tasks or not (data.baselines or data.arms):
         return Omitted(1, title, "no evaluated runs in the store")
     multi = _group_cols(data)
-    cols = (["Model", "Pruning"] if multi else []) + ["Treatment"] + [TASK_LABELS.get(t, f"{t} (%)") for t in tasks] + ["Seeds"]
+    cols = (["Model", "Pruning"] if multi else []) + ["Treatment"] + [task_label(t) for t in tasks] + ["Seeds"]
     rows, recs = [], []
     for g in data.groups:
         entries = [("Untreated (pruned)" if g[1] != "none" else "Untreated", None, data.baselines.get(g, {}))]
@@ -324,7 +332,7 @@ def table1(data: Data) -> Table | Omitted:
     for a in data.arms:
         if not a.sweep:
             observe(data.outcomes, a.side(), data.base_side((a.model, a.pruning)), evaluated, mde)
-    notes = ["Composite = mean of " + ", ".join(TASK_LABELS.get(t, t).replace(" (%)", "") for t in data.composite_tasks())
+    notes = ["Composite = mean of " + ", ".join(task_label(t).replace(" (%)", "") for t in data.composite_tasks())
              + " (the runs' eval.composite)."] if "composite" in tasks else []
     return Table(1, "post_treatment_accuracy", title, cols, rows, recs, notes=notes, mde=_mde(data, mde, evaluated))
 
@@ -461,7 +469,7 @@ def table4(data: Data) -> Table | Omitted:
         return Omitted(4, title, "no chronic-stress runs in the store (stress.chronic not set)")
     multi = len({(a.model, a.pruning) for a in arms}) > 1
     task = arms[0].chronic_task or "arc_easy_gen"
-    label = TASK_LABELS.get(task, task).replace(" (%)", "")
+    label = task_label(task).replace(" (%)", "")
     heads = [(f"{a.model}/{a.pruning}/" if multi else "") + f"{pretty(a.mechanism)} (%)" for a in arms]
     n_cycles = max(len(c) for a in arms for c in a.chronic.values())
     rows, recs = [], []

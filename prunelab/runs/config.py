@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from prunelab.errors import PrunelabError
 from prunelab.recover.mechanisms import Mechanism
-from prunelab.scores import STUDY_COMPOSITE
+from prunelab.scores import STUDY_COMPOSITE, composite_parts
 
 #: validation context key: the mapping being validated is a config read back from a results store
 STORED_CONFIG = "stored_config"
@@ -196,7 +196,8 @@ class EvalSpec(_Strict):
     #: when the model's tokenizer has a chat template). Part of every run's config, so it changes the hash.
     protocol: Literal["raw", "chat", "auto"] = "auto"
     #: the tasks whose mean is ``composite`` (prunelab.scores): the study's generation pair by default; a small
-    #: Instruct model may need the log-likelihood pair (``[arc_easy, lambada]``). Every part must be evaluated.
+    #: Instruct model may need the log-likelihood pair (``[arc_easy, lambada]``). Every part must be evaluated,
+    #: and other parts rule out the ``composite`` *task* in ``tasks`` (it always averages the study's pair).
     composite: list[str] = Field(default_factory=lambda: list(STUDY_COMPOSITE), min_length=2)
 
     @field_validator("tasks")
@@ -214,6 +215,13 @@ class EvalSpec(_Strict):
             missing = [t for t in self.composite if t not in self.tasks]
             if missing:
                 raise ValueError(f"eval.composite part(s) {', '.join(missing)} must also be in eval.tasks")
+            if "composite" in self.tasks and sorted(self.composite) != sorted(STUDY_COMPOSITE):
+                # the composite task would store mean(arc_easy_gen, lambada_gen) under "composite", and that
+                # value, not the mean of these parts, is what every reader would then take for the composite
+                raise ValueError(
+                    f"eval.tasks lists the composite task, which always averages {' and '.join(STUDY_COMPOSITE)}, "
+                    f"but eval.composite names {', '.join(self.composite)}: drop 'composite' from eval.tasks "
+                    "(the composite of eval.composite is added to every evaluation)")
         return self
 
     @model_validator(mode="after")
@@ -317,8 +325,8 @@ class RunConfig:
 
     @property
     def composite_parts(self) -> tuple[str, ...]:
-        """The tasks whose mean is this run's ``composite`` (:mod:`prunelab.scores`)."""
-        return tuple(self.eval.composite) or STUDY_COMPOSITE
+        """The tasks whose mean is this run's ``composite`` (:func:`prunelab.scores.composite_parts`)."""
+        return composite_parts(self.eval)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able config, key for key the mapping hashed and stored since the first results store."""

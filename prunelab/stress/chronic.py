@@ -33,7 +33,7 @@ from prunelab.stress.common import EvalFn, TuneFn, default_eval_fn, default_tune
 from prunelab.stress.magnitude import apply_masks, cumulative_schedule, magnitude_prune, measure_sparsity, summarize
 from prunelab.table import Table
 
-__all__ = ["ChronicReport", "CycleResult", "EvalFn", "TuneFn", "chronic", "DEFAULT_TASKS", "default_tune_fn"]
+__all__ = ["ChronicReport", "CycleResult", "EvalFn", "TuneFn", "chronic", "DEFAULT_TASKS"]
 
 #: the study's composite parts: chronic stress tracks the two accuracies the composite is made of
 DEFAULT_TASKS = STUDY_COMPOSITE
@@ -129,14 +129,10 @@ class ChronicReport:
 
     def plot(self, path: str | Path) -> Path:
         """Accuracy per cycle (one line per metric) with the achieved sparsity on a second axis, as PNG."""
-        # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, safe in threads and servers.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         from prunelab.atomic import atomic_file
+        from prunelab.plotting import agg_figure
 
-        fig = Figure(figsize=(7, 4.2), dpi=120)
-        FigureCanvasAgg(fig)
+        fig = agg_figure(figsize=(7, 4.2), dpi=120)  # no pyplot: no global backend switch, safe in threads
         ax = fig.add_subplot(1, 1, 1)
         xs = [r.cycle for r in self.rows]
         for m in self.metric_names():

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("prune", "export"),
     ("evaluate",),
     ("models", "data"),
-    ("base",),  # top-level modules: atomic, console, errors, registry, scores, stats, table, yaml_files ...
+    ("base",),  # top-level modules: atomic, console, errors, plotting, registry, scores, stats, table, ...
 )
 # Entry points that exist to sit above everything: ``python -m prunelab`` and the public facade ``prunelab.load``.
 ENTRY_POINTS = {"prunelab", "prunelab.__main__"}

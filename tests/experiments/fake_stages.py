@@ -16,8 +16,9 @@ import time
 
 from prunelab.evaluate.registry import ItemOutcome
 from prunelab.experiments.spec import builtin_mechanisms
-from prunelab.experiments.stages import LibraryStages, Prepared, StageChronic, StageEval, add_composite
+from prunelab.experiments.stages import LibraryStages, Prepared, StageChronic, StageEval
 from prunelab.runs.result import ChronicCycle, PruningInfo, RecoveryInfo
+from prunelab.scores import with_composite
 
 
 def _noise(*parts) -> float:
@@ -37,7 +38,7 @@ def _outcomes(task: str, accuracy: float, n: int) -> list[ItemOutcome]:
 def scored(quality: float, tasks, n: int) -> StageEval:
     outcomes = {t: _outcomes(t, quality + _noise(t, quality), n) for t in tasks}
     scores = {t: 100.0 * sum(o.correct for o in items) / n for t, items in outcomes.items()}
-    return StageEval(add_composite(scores), {t: n for t in tasks}, outcomes)
+    return StageEval(with_composite(scores), {t: n for t in tasks}, outcomes)
 
 
 class FakeStages(LibraryStages):
@@ -69,7 +70,7 @@ class FakeStages(LibraryStages):
         model["quality"] -= 10 * fraction
         return {"fraction": fraction}
 
-    def chronic(self, model, tokenizer, mechanism, chronic, training, eval_spec, seed):
+    def chronic(self, model, tokenizer, mechanism, chronic, training, eval_spec, seed, *, before=None):
         cycles, outcomes = [], {}
         for c in range(chronic.cycles + 1):
             result = scored(model["quality"] - 2 * c, chronic.tasks, eval_spec.limit or 10)

@@ -9,7 +9,7 @@ import pytest
 from prunelab.errors import PrunelabError
 from prunelab.experiments.execute import execute_run, solve_dose
 from prunelab.experiments.spec import expand, parse_spec
-from prunelab.experiments.stages import add_composite, real_validate
+from prunelab.experiments.stages import real_validate
 from prunelab.recover.isodose import honest_flops
 from prunelab.runs.config import Dose, EvalSpec
 from tests.experiments.fake_stages import FakeStages
@@ -116,7 +116,7 @@ def test_real_evaluate_passes_the_protocol_and_stores_the_one_used(monkeypatch):
                         ["arc_easy_gen", "lambada_gen"])
     assert got["protocol"] == "auto"
     assert res.summary().protocol == {"arc_easy_gen": "chat", "lambada_gen": "chat"}
-    assert add_composite({"arc_easy_gen": 1.0, "lambada_gen": 3.0})["composite"] == 2.0
+    assert res.scores["composite"] == 50.0  # the stage adds the eval config's composite (prunelab.scores)
     real_evaluate(None, None, EvalSpec(tasks=["arc_easy_gen"], protocol="raw"), ["arc_easy_gen"])
     assert got["protocol"] == "raw"
 

@@ -82,3 +82,39 @@ def test_real_depth_pruning_stage(tmp_path, tiny_dir):
     assert prep.info.original.num_layers == 4
     again = real_prepare(model, pruning, 0, tmp_path / "cache")
     assert again.info == prep.info and "prune" not in again.timings  # reloaded from the cache
+
+
+def test_chronic_cycle_zero_reuses_the_eval_phase_and_changes_nothing(tiny_dir, monkeypatch):
+    """Cycle 0 is the treated model the eval phase just scored: with ``before`` it is not evaluated again, and
+    every cycle's outcomes equal those of a chronic run that evaluates cycle 0 itself."""
+    import copy
+
+    from prunelab.experiments import stages
+    from prunelab.models import load
+    from prunelab.recover.mechanisms import Mechanism
+    from prunelab.runs.config import ChronicSpec, EvalSpec, TrainingSpec
+
+    lm = load(str(tiny_dir))
+    eval_spec = EvalSpec(tasks=["arc_easy"], limit=4, batch_size=2)
+    chronic_spec = ChronicSpec(cycles=1, step=0.1, maintenance_epochs=1, tasks=["arc_easy"])
+    training = TrainingSpec(samples=2, held_out=2, seq_len=32, batch_size=2, grad_accum=1)
+    mechanism = Mechanism("tiny", r=2, alpha=4, targets=("q", "v"), dropout=0.0, lr=1e-3)
+    before = stages.real_evaluate(lm.model, lm.tokenizer, eval_spec, eval_spec.tasks)
+    calls = []
+    real = stages.real_evaluate
+    monkeypatch.setattr(stages, "real_evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    fresh = stages.real_chronic(copy.deepcopy(lm.model), lm.tokenizer, mechanism, chronic_spec, training,
+                                eval_spec, 0)
+    fresh_calls = len(calls)
+    reused = stages.real_chronic(copy.deepcopy(lm.model), lm.tokenizer, mechanism, chronic_spec, training,
+                                 eval_spec, 0, before=before)
+    assert (fresh_calls, len(calls) - fresh_calls) == (2, 1)  # cycles + 1 evaluations, then one fewer
+
+    def correct(result):
+        return {c: {t: [(o.item_id, o.correct) for o in items] for t, items in per_task.items()}
+                for c, per_task in result.outcomes.items()}
+
+    assert correct(reused) == correct(fresh)
+    assert correct(reused)[0] == {"arc_easy": [(o.item_id, o.correct) for o in before.outcomes["arc_easy"]]}
+    assert [c.scores for c in reused.cycles] == [c.scores for c in fresh.cycles]

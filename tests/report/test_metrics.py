@@ -11,7 +11,7 @@ import math
 import pytest
 
 from prunelab.errors import PrunelabError
-from prunelab.report import metrics as M
+from prunelab import scores as M
 
 EPS = 1e-9
 

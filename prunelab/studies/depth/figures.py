@@ -1,6 +1,6 @@
 """Depth-study figures: removed-block mask grids (search × layer) and perplexity-rank vs accuracy-rank.
 
-Each function writes one PNG (matplotlib, via :func:`prunelab.studies.plotting.pyplot`) to the path it is given
+Each function writes one PNG (matplotlib, via :func:`prunelab.plotting.pyplot`) to the path it is given
 (the caller owns atomicity: :func:`prunelab.studies.depth.outputs.write_study` writes into a temporary directory).
 """
 
@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from prunelab.studies.depth.run import DepthStudy, spearman_ranks
-from prunelab.studies.plotting import pyplot
+from prunelab.plotting import pyplot
 
 
 def mask_grid_figure(study: DepthStudy, objective: str, path: str | Path) -> Path:

@@ -172,9 +172,14 @@ def _results_json(study: DepthStudy) -> str:
     return json.dumps(to_jsonable(data), indent=2) + "\n"
 
 
-def write_study(study: DepthStudy, out_dir: str | Path) -> Path:
-    """Write tables, figures and ``results.json`` into ``out_dir`` atomically (all or nothing)."""
-    tables = study_table_objects(study)
+def write_study(study: DepthStudy, out_dir: str | Path, tables: dict[str, Table] | None = None) -> Path:
+    """Write tables, figures and ``results.json`` into ``out_dir`` atomically (all or nothing).
+
+    ``tables``: the study's :func:`study_table_objects`, when the caller already built them (the comparison
+    bootstraps then run once); built here otherwise.
+    """
+    if tables is None:
+        tables = study_table_objects(study)
     with atomic_dir(out_dir) as tmp:
         for name, table in tables.items():
             (tmp / f"{name}.md").write_text(table.markdown(), encoding="utf-8")

@@ -3,7 +3,7 @@
 - each capability **normalised to dense**: ``score(e) / score(dense)`` (for perplexity, where lower is
   better, ``ppl(dense) / ppl(e)``, so 1 = dense and < 1 = worse for every series);
 - per kind, the mean of its tasks' normalised scores;
-- **Pearson r with its two-sided p** (``scipy.stats.pearsonr`` via :func:`prunelab.report.metrics.pearson`)
+- **Pearson r with its two-sided p** (``scipy.stats.pearsonr`` via :func:`prunelab.scores.pearson`)
   between every pair of series.
 """
 
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prunelab.errors import PrunelabError
-from prunelab.studies.dichotomy.plan import LOWER_IS_BETTER, kind_of
+from prunelab.evaluate.registry import task_spec
+from prunelab.studies.dichotomy.plan import kind_of
 
 @dataclass
 class PairCorrelation:
@@ -34,7 +35,7 @@ def correlation_matrix(series: dict[str, Sequence[float | None]]) -> list[PairCo
     Points where either series is missing are dropped pairwise; fewer than 3 pairs or a constant series give
     ``r = None`` with the reason (``scipy.stats.pearsonr`` is undefined there).
     """
-    from prunelab.report.metrics import pearson
+    from prunelab.scores import pearson
 
     names = list(series)
     out = []
@@ -72,7 +73,7 @@ def normalise_to_dense(task: str, values: list[float | None]) -> list[float | No
     for v in values:
         if v is None or dense is None or not math.isfinite(v):
             out.append(None)
-        elif task in LOWER_IS_BETTER:
+        elif not task_spec(task).higher_is_better:
             out.append(dense / v if v > 0 else None)
         else:
             out.append(v / dense if dense != 0 else None)  # a dense score of 0 has no relative scale

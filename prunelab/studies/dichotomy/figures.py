@@ -1,6 +1,6 @@
 """The dichotomy study's figures: capabilities normalised to dense vs expansion ratio, and correlation heatmaps.
 
-Each function writes one PNG (matplotlib, via :func:`prunelab.studies.plotting.pyplot`) to the path it is given
+Each function writes one PNG (matplotlib, via :func:`prunelab.plotting.pyplot`) to the path it is given
 (the caller owns atomicity: :func:`prunelab.studies.dichotomy.outputs.write_outputs` writes into a temporary
 directory).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from prunelab.studies.dichotomy.analysis import square_matrix
 from prunelab.studies.dichotomy.plan import kind_of
 from prunelab.studies.dichotomy.run import DichotomyResult
-from prunelab.studies.plotting import pyplot
+from prunelab.plotting import pyplot
 
 
 def plot_capabilities(result: DichotomyResult, path: Path) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.atomic import atomic_dir, to_jsonable
+from prunelab.evaluate.registry import task_spec
 from prunelab.report.comparisons import (DiffCell, MdeCollector, Outcomes, accuracy_cell, correct_map, observe,
                                          perplexity_cell)
 from prunelab.report.tables import Table as ComparisonTable
 from prunelab.studies.dichotomy.analysis import PairCorrelation, square_matrix
 from prunelab.studies.dichotomy.figures import plot_capabilities, plot_heatmaps
-from prunelab.studies.dichotomy.plan import LOWER_IS_BETTER
 from prunelab.studies.dichotomy.run import DichotomyResult
 from prunelab.studies.tabulate import value_table
 from prunelab.table import Table
@@ -122,7 +122,7 @@ def vs_dense_table(result: DichotomyResult) -> ComparisonTable | None:
                 row.append("–")
                 rec[t] = None
                 continue
-            ppl_task = t in LOWER_IS_BETTER or (p.outcomes.get(t) and p.outcomes[t][0].nll is not None)
+            ppl_task = not task_spec(t).higher_is_better or (p.outcomes.get(t) and p.outcomes[t][0].nll is not None)
             if ppl_task:
                 cell = perplexity_cell(outcomes.get(key[i], "eval", t), outcomes.get(key[0], "eval", t),
                                        {"mean": a / b if b else math.nan, "sd": None, "n": None})

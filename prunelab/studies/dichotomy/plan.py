@@ -22,10 +22,8 @@ BATTERY: dict[str, list[str]] = {
     "truthfulness": ["truthfulqa_mc1", "truthfulqa_mc2"],
     "math": ["gsm8k"],
 }
-#: Tasks whose primary metric is better when lower (perplexity).
-LOWER_IS_BETTER = {"wikitext2", "c4"}
-#: Tasks that generate text (their own, usually smaller, item limit).
-GENERATIVE = {"ifeval", "gsm8k"}
+# What a task is (perplexity: lower is better; open-ended generation: its own, usually smaller, item limit) is
+# its TaskSpec: prunelab.evaluate.registry.task_spec(t).higher_is_better / .open_ended.
 
 
 def kind_of(task: str) -> str:

@@ -88,6 +88,17 @@ def test_write_study_writes_the_comparison_files(tmp_path):
     assert (tmp_path / "out" / "comparisons.md").read_text().startswith("**tiny:")
 
 
+def test_write_study_reuses_tables_it_is_given(tmp_path, monkeypatch):
+    """The CLI builds the tables once, prints one and writes them all: the comparison bootstraps run once."""
+    from prunelab.studies.depth import outputs, study_table_objects
+
+    study = _study()
+    tables = study_table_objects(study)
+    monkeypatch.setattr(outputs, "comparison_table", lambda s: pytest.fail("comparisons built a second time"))
+    write_study(study, tmp_path / "out", tables)
+    assert (tmp_path / "out" / "comparisons.md").read_text() == tables["comparisons"].markdown()
+
+
 def test_run_depth_study_keeps_per_item_outcomes():
     """The real evaluation path: every row carries TaskResult.outcomes, so the CIs need no re-evaluation.
     (Accuracy only: WikiText-2 re-tokenises the whole corpus per evaluation, seconds each on a tiny model.)"""
