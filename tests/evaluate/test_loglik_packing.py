@@ -63,8 +63,10 @@ def test_wide_trees_and_many_rows(monkeypatch):
     _assert_equal_to_reference(model, tok, groups, got)
 
 
-def test_packing_is_batch_invariant():
-    model, tok = tiny_model("qwen2", max_position_embeddings=512), tiny_tokenizer()
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_packing_is_batch_invariant(family):
+    """Batch size and prefix sharing change how items are packed, never a score or a greedy flag."""
+    model, tok = tiny_model(family, max_position_embeddings=512), tiny_tokenizer()
     groups = _mixed_groups(20, seed=3)
     base = loglikelihood_groups(model, tok, groups, batch_size=1, share_prefix=False)
     for bs, share in [(1, True), (3, True), (32, True), (4, False)]:

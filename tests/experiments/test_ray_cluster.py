@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import yaml
 
 from prunelab.experiments import Store, expand, load_spec, run_experiment
 from tests.experiments.counting_stages import executions
+from tests.experiments.store_probe import stored_run_count
 
 import psutil  # noqa: E402 - comes with accelerate
 import ray  # noqa: F401 - a test dependency (requirements.txt): missing, these tests must fail, not skip
@@ -137,15 +137,6 @@ def _stored(db) -> list[tuple[str, dict]]:
         return sorted((r.hash, _results(r.metrics.model_dump(mode="json"))) for r in s.runs())
 
 
-def _count(db) -> int:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
 
 
 def _failures(db) -> list[tuple[str, str]]:
@@ -247,7 +238,7 @@ def test_worker_sigkilled_without_retries_is_recorded_failed_and_a_rerun_complet
     assert "1 run(s) failed" in done.stderr
     fails = _failures(db)
     assert len(fails) == 1 and "WorkerCrashedError" in fails[0][1], fails
-    assert _count(db) == 3
+    assert stored_run_count(db) == 3
     again = subprocess.run(_cmd(spec, db, cluster.address), env=_env(tmp_path, PRUNELAB_STAGES=COUNTING),
                            cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -265,15 +256,15 @@ def test_driver_sigkilled_mid_experiment_then_rerun_resumes(cluster, tmp_path):
     proc = subprocess.Popen(_cmd(spec, db, cluster.address), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while _count(db) < 2 and proc.poll() is None and time.time() < deadline:
+    while stored_run_count(db) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the driver finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stored_at_kill = _count(db)
+    stored_at_kill = stored_run_count(db)
     assert 2 <= stored_at_kill < 6
     time.sleep(1.5)  # tasks still on the workers must not write anything: only the driver writes the store
-    assert _count(db) == stored_at_kill
+    assert stored_run_count(db) == stored_at_kill
     again = subprocess.run(_cmd(spec, db, cluster.address), env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]

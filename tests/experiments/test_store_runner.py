@@ -13,6 +13,7 @@ from prunelab.errors import PrunelabError
 from prunelab.experiments import Store, expand, load_spec, run_experiment
 from prunelab.experiments.spec import parse_spec
 from prunelab.runs.result import EvalScores, RunMeta, RunMetrics, RunRecord, RunResult
+from tests.experiments.store_probe import stored_run_count
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,17 +114,6 @@ def test_failed_run_is_recorded_and_others_continue(tmp_path, fake_stages, monke
         assert s.conn.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 3
 
 
-def _count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
 
 
 def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path):
@@ -138,14 +128,14 @@ def test_sigkill_mid_run_then_resume_loses_nothing(tmp_path):
     for target in (3, 7):
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
-        while _count(db) < target and proc.poll() is None and time.time() < deadline:
+        while stored_run_count(db) < target and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the run finished before it could be killed"
         time.sleep(0.1)  # land the kill inside a run (fake recovery sleeps 0.25 s)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
-        seen_counts.append(_count(db))
+        seen_counts.append(stored_run_count(db))
         assert 0 < seen_counts[-1] < len(expected)
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
