@@ -49,6 +49,8 @@ def gguf_cmd(
     outtype: str = typer.Option("f32", "--outtype", help="Weight storage: f32, f16, bf16 or q8_0 (norms stay f32)."),
     tokenizer_pre: str = typer.Option(None, "--tokenizer-pre", help="llama.cpp pre-tokenizer name, for BPE "
                                       "tokenizers its fingerprint table does not know (e.g. gpt-2, llama-bpe)."),
+    pad_to: int = typer.Option(32, "--pad-to", help="Zero-pad MLP widths to a multiple of this (exact; llama.cpp's "
+                               "fast kernels need it: 0.85x → 1.28x dense prompt speed at 40 % pruning). 1 = as is."),
     json_out: Path = JsonOpt,
     overwrite: bool = OverwriteOpt,
     device: str = DeviceOpt,
@@ -61,6 +63,8 @@ def gguf_cmd(
     known_pre = sorted(set(PRE_TOKENIZER_BY_HASH.values()) | {"default"})
     if tokenizer_pre is not None and tokenizer_pre not in known_pre:
         raise PrunelabError(f"unknown --tokenizer-pre '{tokenizer_pre}'; llama.cpp knows: {', '.join(known_pre)}")
+    if pad_to < 1:
+        raise PrunelabError(f"--pad-to must be at least 1 (no padding), got {pad_to}")
     if out.suffix != ".gguf":
         raise PrunelabError(f"the output must be a .gguf file, got {out}")
     check_outputs(overwrite, files=(out, json_out))
@@ -73,7 +77,7 @@ def gguf_cmd(
     base = meta.get("base_model") or src.base_model
     rep = export_gguf(lm.model, lm.tokenizer, out, outtype=outtype, tokenizer_pre_name=tokenizer_pre,
                       name=f"{base or lm.source} (prunelab export)", license=src.license,
-                      extra_metadata={"source": lm.source, **meta}, overwrite=overwrite)
+                      extra_metadata={"source": lm.source, **meta}, overwrite=overwrite, pad_to=pad_to)
     layout = "uniform" if rep.architecture == "llama" else "per-layer arrays"
     console.print(f"{lm.source} → {out}: {rep.architecture} architecture ({layout}), {rep.n_layers} blocks, "
                   f"{rep.outtype}, {human(rep.bytes)}B, tokenizer {rep.tokenizer_model}/{rep.tokenizer_pre}")

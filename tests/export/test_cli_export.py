@@ -45,7 +45,12 @@ def test_export_gguf_writes_a_per_layer_file_with_the_recipe(per_layer_dir, tmp_
     assert r.get_field("general.architecture").contents() == "deci"
     meta = json.loads(r.get_field("prunelab.metadata").contents())
     assert meta["pruning"] == "adaptive" and meta["criterion"] == "taylor"
-    assert json.loads((tmp_path / "r.json").read_text())["intermediate_sizes"] == [24, 40, 4]
+    # widths 24, 40, 4 zero-padded to multiples of 32 by default (llama.cpp's fast kernels); --pad-to 1 keeps them
+    assert json.loads((tmp_path / "r.json").read_text())["intermediate_sizes"] == [32, 64, 32]
+    code, stdout, _ = run(["export", "gguf", str(per_layer_dir), "-o", str(tmp_path / "exact.gguf"), "--pad-to", "1",
+                           "--tokenizer-pre", "gpt-2", "--json", str(tmp_path / "exact.json")], capsys)
+    assert code in (0, None), stdout
+    assert json.loads((tmp_path / "exact.json").read_text())["intermediate_sizes"] == [24, 40, 4]
 
 
 def test_export_hf_pad_uniform_gives_a_vanilla_checkpoint_with_the_same_logits(per_layer_dir, tmp_path, capsys):

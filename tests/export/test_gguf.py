@@ -77,7 +77,7 @@ def test_permutation_matches_llama_cpp_formula():
 
 def test_uniform_export_is_llama_architecture_with_exact_weights(tmp_path, tok):
     model = tiny_llama()
-    rep = export_gguf(model, tok, tmp_path / "m.gguf", tokenizer_pre_name="gpt-2")
+    rep = export_gguf(model, tok, tmp_path / "m.gguf", tokenizer_pre_name="gpt-2", pad_to=1)
     r = _reader(rep.path)
     assert rep.architecture == "llama" and _field(r, "general.architecture") == "llama"
     assert _field(r, "llama.block_count") == 4
@@ -95,7 +95,7 @@ def test_uniform_export_is_llama_architecture_with_exact_weights(tmp_path, tok):
 def test_per_layer_export_writes_deci_arrays_and_drops_removed_blocks(tmp_path, tok):
     model = per_layer_pruned(tiny_llama())
     shapes = layer_shapes(model)
-    rep = export_gguf(model, tok, tmp_path / "m.gguf", tokenizer_pre_name="gpt-2")
+    rep = export_gguf(model, tok, tmp_path / "m.gguf", tokenizer_pre_name="gpt-2", pad_to=1)
     r = _reader(rep.path)
     assert rep.architecture == "deci" and _field(r, "general.architecture") == "deci"
     assert _field(r, "deci.block_count") == len(shapes) == 3
@@ -109,7 +109,7 @@ def test_per_layer_export_writes_deci_arrays_and_drops_removed_blocks(tmp_path, 
 def test_mistral_with_untied_lm_head_writes_output(tmp_path, tok):
     model = tiny_llama(family="mistral")
     assert model.lm_head.weight is not model.model.embed_tokens.weight
-    r = _reader(export_gguf(model, tok, tmp_path / "m.gguf", tokenizer_pre_name="gpt-2").path)
+    r = _reader(export_gguf(model, tok, tmp_path / "m.gguf", tokenizer_pre_name="gpt-2", pad_to=1).path)
     assert _field(r, "general.architecture") == "llama"
     np.testing.assert_array_equal(_tensor(r, "output.weight"), model.lm_head.weight.detach().numpy())
     _check_weights(model, r)
@@ -118,7 +118,7 @@ def test_mistral_with_untied_lm_head_writes_output(tmp_path, tok):
 @pytest.mark.parametrize("outtype,kind,tol", [("f16", "F16", 1e-3), ("bf16", "BF16", 1e-2), ("q8_0", "Q8_0", 2e-2)])
 def test_outtypes_store_matrices_in_the_type_and_norms_in_f32(tmp_path, tok, outtype, kind, tol):
     model = tiny_llama()
-    rep = export_gguf(model, tok, tmp_path / "m.gguf", outtype=outtype, tokenizer_pre_name="gpt-2")
+    rep = export_gguf(model, tok, tmp_path / "m.gguf", outtype=outtype, tokenizer_pre_name="gpt-2", pad_to=1)
     r = _reader(rep.path)
     types = {t.name: t.tensor_type.name for t in r.tensors}
     assert types["blk.0.attn_norm.weight"] == "F32" and types["blk.0.attn_q.weight"] == kind
@@ -248,3 +248,18 @@ def test_q8_0_pads_mlp_widths_to_whole_blocks_with_exact_zeros(tmp_path, tok):
         g, u, d = (_tensor(r, f"blk.{i}.ffn_{n}.weight") for n in ("gate", "up", "down"))
         assert not g[width:].any() and not u[width:].any() and not d[:, width:].any()
         np.testing.assert_allclose(d[:, :width], down, atol=0.02 * np.abs(down).max())
+
+
+def test_default_export_pads_mlp_widths_to_32_with_exact_zeros(tmp_path, tok):
+    """llama.cpp's fast f32 kernels need tile-sized widths; padding adds zero gate/up rows and down columns only."""
+    model = per_layer_pruned(tiny_llama())
+    widths = [layer.mlp.down_proj.weight.shape[1] for layer in model.model.layers]
+    rep = export_gguf(model, tok, tmp_path / "m.gguf", tokenizer_pre_name="gpt-2")
+    assert rep.intermediate_sizes == [-(-w // 32) * 32 for w in widths] and rep.intermediate_sizes != widths
+    tensors = {t.name: t for t in _reader(rep.path).tensors}
+    for i, (layer, w) in enumerate(zip(model.model.layers, widths, strict=True)):
+        down = np.asarray(tensors[f"blk.{i}.ffn_down.weight"].data).reshape(-1, rep.intermediate_sizes[i])
+        np.testing.assert_array_equal(down[:, :w], layer.mlp.down_proj.weight.detach().numpy())
+        assert not down[:, w:].any()
+    with pytest.raises(PrunelabError, match="pad_to"):
+        export_gguf(model, tok, tmp_path / "bad.gguf", tokenizer_pre_name="gpt-2", pad_to=0)
