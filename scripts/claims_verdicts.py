@@ -63,7 +63,8 @@ def main(db: str) -> None:
     print()
     print("| claim | comparison | difference (pp) | verdict |")
     print("|---|---|---|---|")
-    others = lambda a: [m for m in sorted(treated) if m != a]  # noqa: E731
+    def others(mechanism: str) -> list[str]:
+        return [m for m in sorted(treated) if m != mechanism]
 
     def row(claim: str, cells: list, labels: list[str], want_negative: bool) -> None:
         v = verdict(cells, want_negative)

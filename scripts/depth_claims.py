@@ -3,8 +3,8 @@
     .venv/bin/python scripts/depth_claims.py out/depth-study
 
 1. Under a fixed objective the searches converge: every search's accuracy vs the best search of the same
-   (k, objective), a paired difference over the same items (McNemar exact, bootstrap CI;
-   :func:`prunelab.stats.accuracy_difference`). Holds when none differs beyond noise; contradicted when one does.
+   (k, objective), as the study itself compared them (``comparisons.json``: paired over the same items, McNemar
+   exact, bootstrap CI). Holds when none differs beyond noise; contradicted when one does.
 2. Changing the objective changes the mask more than changing the search: for each search, the Jaccard distance
    between its perplexity and margin masks (removed-block sets) against the mean distance from its mask to the
    other searches' masks under the same objective; paired by search, Wilcoxon signed-rank
@@ -22,19 +22,16 @@ from pathlib import Path
 
 from scipy.stats import wilcoxon
 
-from prunelab.stats import accuracy_difference
 
 
 def jaccard_distance(a: set[int], b: set[int]) -> float:
     return 1.0 - len(a & b) / len(a | b) if a | b else 0.0
 
 
-def correct(row: dict, task: str) -> dict[str, float]:
-    return {o["item_id"]: float(o["correct"]) for o in row["outcomes"][task]}
-
-
 def main(folder: str) -> None:
     study = json.loads((Path(folder) / "results.json").read_text())
+    comparisons = json.loads((Path(folder) / "comparisons.json").read_text())["records"]
+    accuracy = "Δ avg accuracy (pp)"  # the study's comparison column (prunelab.studies.depth.outputs)
     task = study["acc_tasks"][0]
     rows = [r for r in study["rows"] if r["k"] > 0 and r.get("result")]
     print(f"{folder}: {study['model']}, k = {study['removes']}, {task} on "
@@ -44,19 +41,18 @@ def main(folder: str) -> None:
         print(f"## k = {k}\n\n1. searches converge under a fixed objective ({task}, each search vs the best):\n")
         for objective in study["objectives"]:
             cell = [r for r in at_k if r["objective"] == objective]
-            best = max(cell, key=lambda r: (r["avg_accuracy"], -r["avg_perplexity"]))
             worse = []
-            for r in cell:
-                if r is best:
+            for c in comparisons:
+                if (c["k"], c["comparison"], c["objective"]) != (str(k), "search vs best", objective):
                     continue
-                d = accuracy_difference(correct(best, task), correct(r, task))
-                mark = "*" if d.p < 0.05 and not (d.low <= 0 <= d.high) else ""
+                d = c[accuracy]
+                mark = "" if d["within_noise"] else "*"
                 worse.append(mark)
-                print(f"   - {objective}: {r['search']} − {best['search']} (best): "
-                      f"{d.estimate:+.1f} [{d.low:+.1f}, {d.high:+.1f}]{mark}")
+                print(f"   - {objective}: {c['search']} − {c['vs']}: "
+                      f"{d['estimate']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]{mark}")
             accs = [r["avg_accuracy"] for r in cell]
             print(f"   {objective}: {sum(bool(w) for w in worse)} of {len(worse)} searches differ beyond noise; "
-                  f"σ² over searches = {statistics.pvariance(accs):.2f} pp² (accuracy {min(accs):.1f}–{max(accs):.1f} %)")
+                  f"σ² over searches = {study['variance'][f'k={k}/{objective}']:.2f} pp² (accuracy {min(accs):.1f}–{max(accs):.1f} %)")
         masks = {(r["objective"], r["search"]): set(r["result"]["removed"]) for r in at_k}
         searches = sorted({s for _, s in masks})
         objectives = study["objectives"]

@@ -77,19 +77,17 @@ def execute_run(config: RunConfig, stages: Stages, prepared: Prepared, status: S
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
         return out
 
-    evaluations: dict[str, Any] = {}  # phase -> StageEval, so chronic's cycle 0 can reuse the eval phase
-
     def evaluated(phase: str, model: Any, name: str):
+        """The stage's ``StageEval`` (its per-item outcomes recorded under ``phase``)."""
         result = timed(name, lambda: stages.evaluate(model, tokenizer, eval_spec, eval_spec.tasks))
-        evaluations[phase] = result
         if result.outcomes:
             outcomes[phase] = result.outcomes
-        return result.summary()
+        return result
 
     model = timed("copy", lambda: stages.clone(prepared.model))
     treatment = config.treatment
     if treatment is None:
-        metrics = RunMetrics(model=prepared.info, eval=evaluated(EVAL_PHASE, model, "evaluate"))
+        metrics = RunMetrics(model=prepared.info, eval=evaluated(EVAL_PHASE, model, "evaluate").summary())
         return RunResult(metrics, None, timings, package_versions(), started, time.time(), outcomes)
 
     mechanism, training = treatment.mechanism, treatment.training
@@ -99,25 +97,26 @@ def execute_run(config: RunConfig, stages: Stages, prepared: Prepared, status: S
                                                               config.seed))
     # recovery carries the stage's own figures (incl. honest_flops = T·(2F + 6P), frozen base included)
     training_info = dose.model_copy(update={"recovery": recovery})
-    scores = evaluated(EVAL_PHASE, model, "evaluate")
+    treated = evaluated(EVAL_PHASE, model, "evaluate")
     relapse = chronic = None
     stress = treatment.stress
     if stress.relapse is not None:
         stressed = timed("copy", lambda: stages.clone(model))
         report = timed("relapse", lambda: stages.relapse(stressed, stress.relapse.fraction))
-        relapse = RelapseResult(eval=evaluated(RELAPSE_PHASE, stressed, "relapse-evaluate"), report=report)
+        relapse = RelapseResult(eval=evaluated(RELAPSE_PHASE, stressed, "relapse-evaluate").summary(), report=report)
         del stressed
     if stress.chronic is not None:
         spec = stress.chronic
         # `model` is the object the eval phase scored (relapse worked on a clone), so cycle 0 may reuse that
         result = timed("chronic", lambda: stages.chronic(model, tokenizer, mechanism, spec, training, eval_spec,
-                                                         config.seed, before=evaluations[EVAL_PHASE]))
+                                                         config.seed, before=treated))
         for cycle, per_task in result.outcomes.items():
             if per_task:
                 outcomes[chronic_phase(cycle)] = per_task
         chronic = ChronicResult(cycles=tuple(result.cycles), step=spec.step,
                                 maintenance_epochs=spec.maintenance_epochs)
-    metrics = RunMetrics(model=prepared.info, eval=scores, training=training_info, relapse=relapse, chronic=chronic)
+    metrics = RunMetrics(model=prepared.info, eval=treated.summary(), training=training_info, relapse=relapse,
+                         chronic=chronic)
     return RunResult(metrics, training_info.flops, timings, package_versions(), started, time.time(), outcomes)
 
 

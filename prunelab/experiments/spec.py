@@ -37,7 +37,8 @@ from prunelab.recover.mechanisms import Mechanism
 # The run contract's models are the spec's building blocks; re-exported so a spec reader finds them here too.
 from prunelab.runs.config import (CalibrationSpec, ChronicSpec, DepthPruning, Dose, EvalSpec, ModelSpec,
                                   NoPruning, PruningSpec, RelapseSpec, RunConfig, StressSpec, TrainingSpec,
-                                  Treatment, WidthPruning, _Strict, canonical_json, config_hash, prune_key)
+                                  Treatment, WidthPruning, _Strict, canonical_json, config_hash, no_repeats,
+                                  prune_key)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -175,9 +176,7 @@ class ExperimentSpec(_Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds_unique(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must not repeat")
-        return v
+        return no_repeats(v, "seeds")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentSpec":

@@ -203,9 +203,7 @@ class EvalSpec(_Strict):
     @field_validator("tasks")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("tasks must not repeat")
-        return v
+        return no_repeats(v, "tasks")
 
     @model_validator(mode="after")
     def _composite_parts_evaluated(self, info: ValidationInfo) -> "EvalSpec":
@@ -237,6 +235,13 @@ class EvalSpec(_Strict):
 
 
 # ------------------------------------------------------------------------------------------ one run
+def no_repeats(values: list, what: str) -> list:
+    """``values`` unchanged, or a validation error naming ``what`` when an entry repeats (a pydantic validator)."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat")
+    return values
+
+
 def mechanism_dict(mechanism: Mechanism) -> dict[str, Any]:
     """A mechanism's recipe as stored in a run config: ``{name, r, alpha, targets, dropout, lr}``.
 
