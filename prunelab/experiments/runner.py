@@ -67,10 +67,13 @@ def plan(spec_path: str | Path) -> tuple[ExperimentSpec, list[Run]]:
     """Load + validate the spec and expand it (no work, no output)."""
     spec = load_spec(spec_path)
     stages = get_stages()
-    try:
-        stages.validate(spec)
-    except PrunelabError as exc:
-        raise PrunelabError(f"{spec_path}: {exc}") from None
+    variants = spec.variants()
+    for i, variant in enumerate(variants):
+        where = f"{spec_path}: parts.{i} ({spec.parts[i].name})" if spec.parts else f"{spec_path}"
+        try:
+            stages.validate(variant)
+        except PrunelabError as exc:
+            raise PrunelabError(f"{where}: {exc}") from None
     runs = expand(spec, stages.mechanisms())
     return spec, runs
 

@@ -43,7 +43,7 @@ from prunelab.runs.config import (CalibrationSpec, ChronicSpec, DepthPruning, Do
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 __all__ = ["CalibrationSpec", "ChronicSpec", "DepthPruning", "EvalSpec", "ExperimentSpec", "IsodoseSpec",
-           "MechanismSpec", "ModelSpec", "NoPruning", "PruningSpec", "RankSweep", "RelapseSpec", "ResourcesSpec",
+           "MechanismSpec", "ModelSpec", "NoPruning", "PartSpec", "PruningSpec", "RankSweep", "RelapseSpec", "ResourcesSpec",
            "Run", "StressSpec", "TrainingSpec", "WidthPruning", "builtin_mechanisms", "canonical_json",
            "config_hash", "expand", "load_spec", "parse_spec", "prune_key", "resolve_mechanism"]
 
@@ -145,6 +145,39 @@ class ResourcesSpec(_Strict):
     retries: int = Field(1, ge=0)
 
 
+class PartSpec(_Strict):
+    """One part of an experiment that is not a full cross product: the top level's settings with some of them
+    replaced (``pruning``, ``mechanisms``, ``rank_sweep``, ``seeds``, ``stress``, ``training``). An experiment
+    with ``parts`` is the union of its parts' runs (a run two parts share is run once), e.g. the three mechanisms
+    with chronic stress on one pruning, a rank sweep beside them, and one recipe transferred to other prunings.
+    A key a part does not give is inherited; ``rank_sweep: null`` drops an inherited sweep."""
+
+    name: str = Field(min_length=1)
+    pruning: list[PruningSpec] | None = None
+    mechanisms: list[MechanismSpec] | None = None
+    rank_sweep: RankSweep | None = None
+    seeds: list[int] | None = None
+    stress: StressSpec | None = None
+    training: TrainingSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_pruning(cls, v: Any) -> Any:
+        return _pruning_list(v)
+
+
+def _pruning_list(v: Any) -> Any:
+    # ``pruning: {kind: width, ...}`` or ``pruning: none`` is a list of one; a bare string names the kind
+    if isinstance(v, dict) and isinstance(v.get("pruning"), (dict, str)):
+        v = dict(v)
+        p = v["pruning"]
+        v["pruning"] = [{"kind": p} if isinstance(p, str) else p]
+    elif isinstance(v, dict) and isinstance(v.get("pruning"), list):
+        v = dict(v)
+        v["pruning"] = [{"kind": p} if isinstance(p, str) else p for p in v["pruning"]]
+    return v
+
+
 class ExperimentSpec(_Strict):
     """One experiment file."""
 
@@ -160,18 +193,38 @@ class ExperimentSpec(_Strict):
     stress: StressSpec = Field(default_factory=StressSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    parts: list[PartSpec] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
     def _single_pruning(cls, v: Any) -> Any:
-        if isinstance(v, dict) and isinstance(v.get("pruning"), (dict, str)):
-            v = dict(v)
-            p = v["pruning"]
-            v["pruning"] = [{"kind": p} if isinstance(p, str) else p]
-        elif isinstance(v, dict) and isinstance(v.get("pruning"), list):
-            v = dict(v)
-            v["pruning"] = [{"kind": p} if isinstance(p, str) else p for p in v["pruning"]]
-        return v
+        return _pruning_list(v)
+
+    @field_validator("parts")
+    @classmethod
+    def _part_names_unique(cls, v: list[PartSpec]) -> list[PartSpec]:
+        return no_repeats([p.name for p in v], "part names") and v
+
+    def variants(self) -> list["ExperimentSpec"]:
+        """The experiment as plain cross products: itself when it has no ``parts``, else one spec per part
+        (the top level with the part's keys replacing its own), each validated as a whole experiment."""
+        if not self.parts:
+            return [self]
+        top = self.model_dump(exclude={"parts"})
+        out = []
+        for i, part in enumerate(self.parts):
+            merged = {**top, **part.model_dump(include=part.model_fields_set - {"name"})}
+            if "mechanisms" in part.model_fields_set or "rank_sweep" in part.model_fields_set:
+                # the top level's mechanisms already hold its own sweep arms: a part re-derives them
+                if "mechanisms" not in part.model_fields_set:
+                    merged["mechanisms"] = [m for m in top["mechanisms"] if not m["sweep"]]
+            try:
+                out.append(ExperimentSpec.model_validate(merged))
+            except ValidationError as exc:
+                # a whole-experiment error ("(top level)") is the part's own
+                msg = _format_error(exc, f"parts.{i} ({part.name})").replace(": (top level):", ":", 1)
+                raise PrunelabError(msg) from None
+        return out
 
     @field_validator("seeds")
     @classmethod
@@ -212,13 +265,19 @@ def _format_error(exc: ValidationError, source: str) -> str:
 
 
 def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
-    """Validate a parsed YAML/JSON mapping; a bad spec raises one :class:`PrunelabError` naming the field path."""
+    """Validate a parsed YAML/JSON mapping; a bad spec raises one :class:`PrunelabError` naming the field path
+    (a part that is invalid once merged with the top level too, before any work)."""
     if not isinstance(data, dict):
         raise PrunelabError(f"{source}: the experiment must be a mapping (name:, models:, ...), got {type(data).__name__}")
     try:
-        return ExperimentSpec.model_validate(data)
+        spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
         raise PrunelabError(_format_error(exc, source)) from None
+    try:
+        spec.variants()
+    except PrunelabError as exc:
+        raise PrunelabError(f"{source}: {exc}") from None
+    return spec
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -290,12 +349,29 @@ def _run(config: RunConfig, label: str, index: int) -> Run:
 
 
 def expand(spec: ExperimentSpec, builtins: Mapping[str, Mechanism] | None = None) -> list[Run]:
-    """``models × pruning × seeds`` baselines plus ``models × pruning × mechanisms × seeds`` treated runs.
+    """``models × pruning × seeds`` baselines plus ``models × pruning × mechanisms × seeds`` treated runs; with
+    ``parts``, the union of each part's runs, each run once (by hash, in its first part's position).
 
     Order groups runs sharing a pruned model (model, pruning, seed) so one invocation prunes each once.
     """
     if builtins is None:
         builtins = builtin_mechanisms()
+    variants = spec.variants()
+    if len(variants) == 1:
+        return _expand_one(variants[0], builtins)
+    seen: dict[str, Run] = {}
+    for variant in variants:
+        for run in _expand_one(variant, builtins):
+            seen.setdefault(run.hash, run)
+    # keep the runs of one pruned model together (parts may name the same pruning), in first-seen order
+    first = {}
+    for run in seen.values():
+        first.setdefault(run.prune_key, len(first))
+    ordered = sorted(seen.values(), key=lambda r: first[r.prune_key])  # stable: part order within a pruned model
+    return [replace(r, index=i) for i, r in enumerate(ordered)]
+
+
+def _expand_one(spec: ExperimentSpec, builtins: Mapping[str, Mechanism]) -> list[Run]:
     mechanisms = [(resolve_mechanism(m, builtins, f"mechanisms.{i}"), m.sweep) for i, m in enumerate(spec.mechanisms)]
     iso = spec.isodose
     if iso.reference is not None:
