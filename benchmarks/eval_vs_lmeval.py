@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/eval_vs_lmeval.py --generation [--limit 200]   # greedy generation vs HF generate
     .venv/bin/python benchmarks/eval_vs_lmeval.py --profile [--limit 200]      # FLOP accounting only (no model run)
 
-Log-likelihood mode, per task of the battery (ARC-Easy, ARC-Challenge, HellaSwag, PIQA, WinoGrande, BoolQ):
+Log-likelihood mode, per task of the battery (ARC-Easy, ARC-Challenge, HellaSwag, PIQA, WinoGrande, BoolQ,
+MMLU 0-shot — lm-eval's ``mmlu/default`` template with the per-subject description rendered per row, one
+config over the local all-subjects file; acc only, as lm-eval's mmlu reports):
 
 * **Same items.** prunelab's own task (``evaluate``) and lm-eval 0.4.13's own YAML task definition (the bridge,
   ``prunelab.evaluate.lmeval_bridge``: ``include:`` of lm-eval's file, ``dataset_path: json`` on the shared
@@ -25,7 +27,8 @@ Log-likelihood mode, per task of the battery (ARC-Easy, ARC-Challenge, HellaSwag
 
 ``--generation``: ``arc_easy_gen`` and ``lambada_gen`` prompts (raw protocol), greedy, ≤ 10 new tokens:
 prunelab's ``generate_greedy`` (length-sorted, left-padded batches, KV-cached) vs Hugging Face ``generate`` one
-prompt at a time with the same settings on the same items; identical outputs are counted, ratio printed.
+prompt at a time with the same settings on the same items (one untimed warm-up call per side and task, then
+``--repeats`` alternating repeats, medians); identical outputs are counted, ratio printed.
 
 Exit code 1 when any per-item prediction differs (or generation outputs differ).
 """
@@ -46,7 +49,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars would interleave with the table
 
-BATTERY = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq"]
+BATTERY = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "mmlu"]
 
 
 @dataclass
@@ -123,10 +126,11 @@ def _common_prefix(seqs) -> int:
 
 
 def _loader(name: str):
-    from prunelab.data import load_arc, load_boolq, load_hellaswag, load_piqa, load_winogrande
+    from prunelab.data import load_arc, load_boolq, load_hellaswag, load_mmlu, load_piqa, load_winogrande
 
     return {"arc_easy": lambda: load_arc("easy"), "arc_challenge": lambda: load_arc("challenge"),
-            "hellaswag": load_hellaswag, "piqa": load_piqa, "winogrande": load_winogrande, "boolq": load_boolq}[name]
+            "hellaswag": load_hellaswag, "piqa": load_piqa, "winogrande": load_winogrande, "boolq": load_boolq,
+            "mmlu": lambda: load_mmlu(0)}[name]
 
 
 # ------------------------------------------------------------------------------------------------ lm-eval side
@@ -287,9 +291,11 @@ def run_generation(args, lm) -> int:
     for name, ps in prompts.items():
         t_o, t_h = Timing(), Timing()
         outs = {}
+        order = [("ours", lambda: generate_greedy(model, tok, ps, MAX_NEW_TOKENS, args.batch_size)),
+                 ("hf", lambda: hf_one_at_a_time(ps))]
+        for _, fn in order:  # warm-up (untimed), as in log-likelihood mode: first calls per shape are slow
+            fn()
         for rep in range(args.repeats):
-            order = [("ours", lambda: generate_greedy(model, tok, ps, MAX_NEW_TOKENS, args.batch_size)),
-                     ("hf", lambda: hf_one_at_a_time(ps))]
             for side, fn in (reversed(order) if rep % 2 else order):
                 outs[side], w, c = timed(fn)
                 (t_o if side == "ours" else t_h).add(w, c)
@@ -298,7 +304,7 @@ def run_generation(args, lm) -> int:
         (wo, co), (wh, ch) = t_o.median, t_h.median
         tot = [tot[0] + wo, tot[1] + wh]
         print(f"{name:14} {len(ps):5d} items, identical outputs {same}/{len(ps)}; prunelab {wo:6.1f} s, "
-              f"HF generate {wh:6.1f} s; ratio {wh / wo:5.2f}x (cpu {ch / co:5.2f}x)")
+              f"HF generate {wh:6.1f} s; ratio {wh / wo:5.2f}x (cpu {ch / co:5.2f}x)", flush=True)
     print(f"{'both':14} ratio {tot[1] / tot[0]:5.2f}x; outputs identical: {ok}")
     return 0 if ok else 1
 

@@ -5,9 +5,9 @@ The model (uniform or per-layer pruned — any ``nn.Module`` HF causal LM) is wr
 configs (``include:`` of the installed file, so prompts, choices and metrics are lm-eval's) with only the
 dataset re-pointed at the shared JSON-lines copies (``dataset_path: json`` + ``data_files``); where the local
 copy has a different layout than the hub dataset (HellaSwag already preprocessed, WinoGrande already in
-partial-scoring form, BoolQ's ``answer`` field) a small override or a self-contained config maps it. The
-configs are written to a temporary directory for lm-eval's ``TaskManager(include_path=...)``; nothing is
-downloaded.
+partial-scoring form, BoolQ's ``answer`` field, MMLU's subjects in one file) a small override or a
+self-contained config maps it. The configs are written to a temporary directory for lm-eval's
+``TaskManager(include_path=...)``; nothing is downloaded.
 
 Items: ``limit``/``seed`` select the same seeded sample as prunelab's own task of the same name
 (``seeded_sample(range(N), limit, seed)`` over the file's rows, passed to lm-eval as ``samples=``), so the
@@ -79,6 +79,13 @@ BRIDGE_TASKS: dict[str, BridgeTask] = {
                     "doc_to_text": "{{gold}}", "doc_to_target": "{{continuation}}",
                     "doc_to_choice": "{{context_options}}", "metric_list": _MC_METRICS[:1]},
                    metrics=("acc",)),
+        # lm-eval's mmlu group is 57 per-subject YAMLs that differ only in dataset_name and description; one
+        # config over the local all-subjects file, with the description rendered per row, is the same prompt
+        # (0-shot only: the template's first_n few-shot sampler would draw dev rows across subjects)
+        BridgeTask("mmlu", "mmlu/default/_default_template_yaml", {"test": ("mmlu", "mmlu_test.jsonl")},
+                   {"description": "The following are multiple choice questions (with answers) about "
+                                   "{{subject.replace('_', ' ')}}.\n\n", "fewshot_split": None},
+                   metrics=("acc",)),
         BridgeTask("lambada", "lambada/lambada_openai.yaml", {"test": ("lambada", "lambada_test.jsonl")},
                    {"dataset_name": None}, n_items=_lambada_pool, metrics=("acc", "perplexity")),
     ]
@@ -137,11 +144,12 @@ def sample_indices(name: str, limit: int | None, seed: int) -> list[int]:
 
 def item_ids(name: str, indices: list[int]) -> list[str]:
     """The prunelab item ids of those rows (so results name the same items as prunelab's tasks)."""
-    from prunelab.data import load_arc, load_boolq, load_hellaswag, load_lambada, load_piqa, load_winogrande
+    from prunelab.data import (load_arc, load_boolq, load_hellaswag, load_lambada, load_mmlu, load_piqa,
+                               load_winogrande)
 
     loaders = {"arc_easy": lambda: load_arc("easy"), "arc_challenge": lambda: load_arc("challenge"),
                "piqa": load_piqa, "boolq": load_boolq, "hellaswag": load_hellaswag, "winogrande": load_winogrande,
-               "lambada": load_lambada}
+               "mmlu": lambda: load_mmlu(0), "lambada": load_lambada}
     items = loaders[name]()
     return [items[i].id for i in indices]
 

@@ -78,5 +78,5 @@ def test_malformed_data_row_names_file_and_line(saved_tiny, tmp_path):
 
 
 def test_lmeval_backend_unknown_task(saved_tiny):
-    code, lines = _run("eval", str(saved_tiny), "--backend", "lm-eval", "--tasks", "mmlu")
-    assert code == 2 and "unknown lm-eval bridge task 'mmlu'" in lines[0] and "arc_easy" in lines[0]
+    code, lines = _run("eval", str(saved_tiny), "--backend", "lm-eval", "--tasks", "mmlu_5shot")
+    assert code == 2 and "unknown lm-eval bridge task 'mmlu_5shot'" in lines[0] and "arc_easy" in lines[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from prunelab.evaluate import evaluate
@@ -78,11 +80,55 @@ def test_every_battery_task_equals_lm_eval_item_for_item(model, battery_lmeval, 
 
     with use_engine(engine):
         ours = evaluate(model, tiny_tokenizer(), COMMONSENSE, limit=6, seed=3, batch_size=2)
-    for name in COMMONSENSE:
-        a, b = ours.results[name], battery_lmeval.results[name]
-        assert a.item_ids == b.item_ids and b.n == 6, name
-        for u, v in zip(a.details["loglikelihoods"], b.details["loglikelihoods"]):
+    _assert_item_for_item(ours, battery_lmeval, COMMONSENSE, 6)
+
+
+def _assert_item_for_item(ours, theirs, names, n):
+    for name in names:
+        a, b = ours.results[name], theirs.results[name]
+        assert a.item_ids == b.item_ids and b.n == n, name
+        for u, v in zip(a.details["loglikelihoods"], b.details["loglikelihoods"], strict=True):
             assert u == pytest.approx(v, abs=1e-3), name
         assert [o.correct for o in a.outcomes] == [o.correct for o in b.outcomes], name
         for metric, value in b.metrics.items():
             assert a.metrics[metric] == value, (name, metric)
+
+
+@pytest.fixture(scope="module")
+def mmlu_lmeval(model):
+    return lmeval_evaluate(model, tiny_tokenizer(), ["mmlu"], limit=6, seed=3, batch_size=8)
+
+
+@pytest.mark.parametrize("engine", ["packed", "reference"])
+def test_mmlu_equals_lm_eval_item_for_item(model, mmlu_lmeval, engine):
+    """prunelab's 0-shot MMLU and the bridge's single all-subjects config over lm-eval's mmlu default template
+    (subject description rendered per row) agree per item: log-likelihoods, verdicts, acc."""
+    from prunelab.evaluate.loglik import use_engine
+
+    with use_engine(engine):
+        ours = evaluate(model, tiny_tokenizer(), ["mmlu"], limit=6, seed=3, batch_size=2)
+    assert set(mmlu_lmeval.results["mmlu"].metrics) == {"acc"}  # lm-eval's mmlu reports acc only
+    _assert_item_for_item(ours, mmlu_lmeval, ["mmlu"], 6)
+
+
+def test_mmlu_bridge_prompt_is_lm_eval_subject_template():
+    """The one json-backed config renders exactly lm-eval's per-subject ``mmlu_<subject>`` prompt (description
+    from the installed subject YAML) and prunelab's item, on rows from several subjects."""
+    import lm_eval
+    import yaml
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from prunelab.data import load_mmlu
+    from prunelab.evaluate.lmeval_bridge import task_configs
+
+    subjects = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
+    items = load_mmlu(0)
+    with task_configs(["mmlu"]) as tmp:
+        task = get_task_dict(["prunelab_mmlu"], TaskManager(include_path=str(tmp)))["prunelab_mmlu"]
+        docs = task.test_docs()
+        for i in sample_indices("mmlu", 12, 0):
+            doc, it = docs[i], items[i]
+            cfg = yaml.safe_load((subjects / f"mmlu_{doc['subject']}.yaml").read_text())
+            assert task.fewshot_context(doc, 0) == cfg["description"] + task.doc_to_text(doc) == it.context
+            assert [task.config.target_delimiter + c for c in task.doc_to_choice(doc)] == it.choices
+            assert task.doc_to_target(doc) == it.answer
