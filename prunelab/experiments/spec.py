@@ -147,7 +147,7 @@ class ResourcesSpec(_Strict):
 
 class PartSpec(_Strict):
     """One part of an experiment that is not a full cross product: the top level's settings with some of them
-    replaced (``pruning``, ``mechanisms``, ``rank_sweep``, ``seeds``, ``stress``, ``training``). An experiment
+    replaced (``pruning``, ``mechanisms``, ``rank_sweep``, ``isodose``, ``seeds``, ``stress``, ``training``). An experiment
     with ``parts`` is the union of its parts' runs (a run two parts share is run once), e.g. the three mechanisms
     with chronic stress on one pruning, a rank sweep beside them, and one recipe transferred to other prunings.
     A key a part does not give is inherited; ``rank_sweep: null`` drops an inherited sweep."""
@@ -156,6 +156,7 @@ class PartSpec(_Strict):
     pruning: list[PruningSpec] | None = None
     mechanisms: list[MechanismSpec] | None = None
     rank_sweep: RankSweep | None = None
+    isodose: IsodoseSpec | None = None
     seeds: list[int] | None = None
     stress: StressSpec | None = None
     training: TrainingSpec | None = None

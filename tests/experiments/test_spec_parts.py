@@ -88,7 +88,8 @@ def test_without_parts_nothing_changes():
     ([{"name": "a"}, {"name": "a"}], "parts: part names must not repeat"),
     ([{"name": "a", "seeds": [1, 1]}], "parts.0 (a): seeds: seeds must not repeat"),
     ([{"name": "a", "pruning": [{"kind": "width"}]}], "parts.0.pruning.0"),
-    ([{"name": "a", "isodose": "ketamine:2"}], "parts.0.isodose"),  # not a per-part key
+    ([{"name": "a", "isodose": "ketamine"}], "parts.0.isodose"),
+    ([{"name": "a", "eval": {"limit": 3}}], "parts.0.eval"),  # not a per-part key: every part scores the same items
     ([{"name": "ok"}, {"name": "b", "mechanisms": ["ketamine", "ketamine"]}], "parts.1 (b): mechanism names must be unique"),
 ])
 def test_a_bad_part_is_one_line_naming_it(parts, where):
@@ -97,3 +98,13 @@ def test_a_bad_part_is_one_line_naming_it(parts, where):
     msg = str(err.value)
     assert msg.startswith(f"exp.yaml: {where}"), msg
     assert "\n" not in msg
+
+
+def test_a_part_may_change_the_isodose_formula():
+    d = spec(parts=[{"name": "honest"}, {"name": "study", "isodose": {"reference": "ketamine:1", "formula": "study"},
+                                          "stress": {"relapse": {"fraction": 0.3}}}])
+    runs = expand(parse_spec(d))
+    formulas = {(r.config.treatment.mechanism.name, r.config.treatment.dose.formula, r.config.seed)
+                for r in runs if r.config.treatment}
+    assert ("ssri", "study", 1) in formulas and ("ssri", "honest", 1) in formulas
+    assert sum(r.config.treatment is None for r in runs) == 2  # the baselines are shared
