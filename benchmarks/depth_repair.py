@@ -9,9 +9,18 @@ of the same search: the perplexity ratio (paired bootstrap CI over windows) and 
 bootstrap CI over items, McNemar p), from :mod:`prunelab.stats`. Goal (issue 19): compensated perplexity ≤ 0.6×
 the uncompensated one at k = 7, for greedy and for one-shot.
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/depth_repair.py \\
+Also per cell: the forward latency ([4 × 128] tokens, median of ``--latency-reps``) — compensation is folded into
+existing weights, so it must not change. ``--quick`` checks the script end to end in about a minute (one-shot
+only, 9 × 64 calibration tokens, 1 window, 10 items; 83 s measured with another job holding one of the 2 cores).
+The full run (defaults below) takes ≈ 1.5–2 h on an idle 2-core CPU: 7 evaluations (dense, 2 searches × 3
+compensations) of the whole WikiText-2 test file (590 windows) + 500 ARC-Easy items at ≈ 11 min each, plus the
+greedy search (189 cached candidates on 32 × 128 tokens, ≈ 10 min). ``--compensated-search`` adds, per search and
+compensation, a search scoring every candidate after compensation (greedy: 189 candidates × ≈ 76 uncached block
+passes over the 4096 calibration tokens ≈ 1 h; one-shot ≈ 10 min) and 2 more evaluations: ≈ 5.5 h in all.
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/depth_repair.py [--quick] \\
         [--k 7 --searches greedy,one-shot --compensations none,linear,scale --calib-samples 32 --calib-seq-len 128 \\
-         --ppl-windows 0 --arc-limit 500 --ridge 0.01 --json depth_repair.json]
+         --ppl-windows 0 --arc-limit 500 --json depth_repair.json]
 """
 
 from __future__ import annotations
@@ -28,6 +37,31 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+#: issue 19's depth goal: compensated perplexity ≤ GOAL × the uncompensated one (same search, same blocks)
+GOAL = 0.6
+
+#: ``--quick``: an end-to-end smoke check, not a measurement — one-shot only (greedy k = 7 alone takes minutes), the
+#: fewest calibration tokens linear accepts (9 × 64 = 576 = SmolLM2's hidden size), 1 window, 10 items
+QUICK = ["--searches", "one-shot", "--calib-samples", "9", "--calib-seq-len", "64", "--ppl-windows", "1",
+         "--arc-limit", "10", "--latency-reps", "1"]
+
+
+def latency(model, tokens, reps: int) -> float:
+    """Median forward time in seconds (one warm-up)."""
+    import statistics
+
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=tokens, use_cache=False)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            model(input_ids=tokens, use_cache=False)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -41,9 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arc-limit", type=int, default=500, help="ARC-Easy items (0: skip)")
     ap.add_argument("--compensated-search", action="store_true",
                     help="also search with each compensation applied to every candidate (search_blocks(compensate=))")
+    ap.add_argument("--latency-reps", type=int, default=7, help="forward passes timed per model (median)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    ap.add_argument("--quick", action="store_true", help="end-to-end check in about a minute: " + " ".join(QUICK))
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args([*QUICK, *raw] if "--quick" in raw else raw)  # flags given after QUICK override it
 
     import torch
 
@@ -56,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.prune.depth import search_blocks
     from prunelab.prune.depth_repair import COMPENSATIONS, compensate_and_remove
     from prunelab.prune.repair import DEFAULT_RIDGE
-    from prunelab.stats import accuracy_difference, perplexity_ratio
+    from prunelab.errors import PrunelabError
+    from prunelab.stats import accuracy_difference, mean_ci, perplexity_ratio
 
     ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
     comps = COMPENSATIONS.parse_list(args.compensations)
@@ -69,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'auto' if ridge is None else ridge}; WikiText-2 {'all' if windows is None else windows} 512-token windows; ARC-Easy "
           f"{args.arc_limit} items; torch threads {args.threads}", flush=True)
 
+    x_latency = cal[:1, :128].repeat(4, 1)
+
     def score(model):
         ppl = perplexity(model, tok, text, seq_len=512, max_windows=windows)
         win = {str(i): (n, t) for i, (n, t) in enumerate(zip(ppl.window_nll, ppl.window_tokens))}
@@ -78,10 +118,15 @@ def main(argv: list[str] | None = None) -> int:
             arc = (res.metrics[res.primary], {i: o.correct for i, o in zip(res.item_ids, res.outcomes)})
         return ppl, win, arc
 
+    def ci(d) -> dict:
+        return {"estimate": d.estimate, "low": d.low, "high": d.high, "p": getattr(d, "p", None)}
+
     rows = []
     d_ppl, _, d_arc = score(dense)
     rows.append({"search": "dense", "compensation": "-", "removed": [], "params": count_parameters(dense).total,
-                 "ppl": d_ppl.perplexity, "windows": d_ppl.windows, "arc": d_arc[0] if d_arc else None})
+                 "ppl": d_ppl.perplexity, "windows": d_ppl.windows, "arc": d_arc[0] if d_arc else None,
+                 "arc_ci": ci(mean_ci(d_arc[1])) if d_arc else None,
+                 "forward_ms": 1000 * latency(dense, x_latency, args.latency_reps)})
     print(f"dense: ppl {d_ppl.perplexity:.2f} over {d_ppl.windows} windows"
           + (f", ARC-Easy {d_arc[0]:.1f}" if d_arc else ""), flush=True)
     cells = [(s, "none") for s in args.searches.split(",")]
@@ -101,48 +146,54 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 rep = compensate_and_remove(model, res.removed, cal, comp, ridge, progress=False)
-            except Exception as exc:  # e.g. linear refused for a run starting at block 0: report, keep going
+            except PrunelabError as exc:  # e.g. linear refused for a run starting at block 0: report, keep going
                 print(f"  {comp:7s} refused: {exc}", flush=True)
                 rows.append({"search": search, "compensation": comp, "removed": res.removed, "error": str(exc)})
                 continue
             seconds = time.perf_counter() - t0
             ppl, win, arc = score(model)
-            row = {"search": search, "compensation": comp, "removed": res.removed,
+            row = {"search": search, "compensation": comp, "removed": res.removed, "search_s": search_s,
                    "params": count_parameters(model).total, "ppl": ppl.perplexity, "windows": ppl.windows,
-                   "arc": arc[0] if arc else None, "seconds": seconds,
+                   "arc": arc[0] if arc else None, "arc_ci": ci(mean_ci(arc[1])) if arc else None,
+                   "seconds": seconds, "forward_ms": 1000 * latency(model, x_latency, args.latency_reps),
                    "runs": [to_jsonable(r) for r in rep.runs]}
             if comp == "none":
-                base = (ppl, win, arc)
+                base = (ppl, win, arc, row["forward_ms"])
             elif base is not None:
-                r = perplexity_ratio(base[1], win)
-                row["ppl_ratio"] = {"estimate": r.estimate, "low": r.low, "high": r.high, "p": r.p}
+                row["ppl_ratio"] = ci(perplexity_ratio(base[1], win))
+                row["goal_met"] = row["ppl_ratio"]["estimate"] <= GOAL
+                row["latency_ratio"] = row["forward_ms"] / base[3]
                 if arc and base[2]:
-                    d = accuracy_difference(base[2][1], arc[1])
-                    row["arc_diff"] = {"estimate": d.estimate, "low": d.low, "high": d.high, "p": d.p}
+                    row["arc_diff"] = ci(accuracy_difference(base[2][1], arc[1]))
             rows.append(row)
             extra = ""
             if "ppl_ratio" in row:
                 pr = row["ppl_ratio"]
-                extra = f"  ppl ×{pr['estimate']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}] vs none"
+                extra = (f"  ppl compensated/uncompensated ×{pr['estimate']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}]"
+                         f" (goal ≤ {GOAL}: {'met' if row['goal_met'] else 'not met'})")
             if "arc_diff" in row:
                 ad = row["arc_diff"]
                 extra += f"; ARC {ad['estimate']:+.1f} pp [{ad['low']:+.1f}, {ad['high']:+.1f}], p={ad['p']:.3g}"
             print(f"  {comp:7s} params {row['params'] / 1e6:.2f}M ppl {ppl.perplexity:9.2f}"
-                  + (f" ARC-e {arc[0]:5.1f}" if arc else "") + f"  ({seconds:.1f}s){extra}", flush=True)
+                  + (f" ARC-e {arc[0]:5.1f}" if arc else "") + f"  ({seconds:.1f}s, forward "
+                  f"{row['forward_ms']:.1f} ms){extra}", flush=True)
             del model
 
-    print("\n| search | compensation | params (M) | WikiText-2 ppl | × vs none [95% CI] | ARC-Easy % | Δ ARC pp [95% CI] "
-          "| compensation s |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    def span(d, fmt):
+        return "" if d is None else f"{d['estimate']:{fmt}} [{d['low']:{fmt}}, {d['high']:{fmt}}]"
+
+    print("\n| search | compensation | params (M) | WikiText-2 ppl | compensated / uncompensated ppl [95% CI] | "
+          "ARC-Easy % [95% CI] | Δ ARC pp vs none [95% CI] | compensation s | forward ms (× vs none) |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['search']} | {r['compensation']} | – | refused | | | | |")
+            print(f"| {r['search']} | {r['compensation']} | – | refused: {r['error']} | | | | | |")
             continue
-        pr, ad = r.get("ppl_ratio"), r.get("arc_diff")
+        arc = "n/a" if r["arc"] is None else span(r["arc_ci"], ".1f")
+        lat = f"{r['forward_ms']:.1f}" + (f" (×{r['latency_ratio']:.3f})" if "latency_ratio" in r else "")
         print(f"| {r['search']} | {r['compensation']} | {r['params'] / 1e6:.2f} | {r['ppl']:.2f} | "
-              + (f"{pr['estimate']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}]" if pr else "") + " | "
-              + ("n/a" if r["arc"] is None else f"{r['arc']:.1f}") + " | "
-              + (f"{ad['estimate']:+.1f} [{ad['low']:+.1f}, {ad['high']:+.1f}]" if ad else "") + " | "
-              + (f"{r['seconds']:.1f}" if "seconds" in r else "") + " |")
+              f"{span(r.get('ppl_ratio'), '.3f')} | {arc} | {span(r.get('arc_diff'), '+.1f')} | "
+              + (f"{r['seconds']:.1f}" if "seconds" in r else "") + f" | {lat} |")
     if args.json:
         write_json(args.json, {"args": vars(args), "ridge": ridge, "rows": rows})
     return 0

@@ -1,7 +1,7 @@
 """Width pruning of SmolLM2-135M: prunelab vs OptiPFair (MAW, hybrid MAW) vs torch-pruning (Taylor), one run.
 
     .venv/bin/pip install --no-deps optipfair==0.4.2 torch-pruning==1.6.1   # benchmark-only peers
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/width_vs_peers.py [--quick]
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/width_vs_peers.py [--quick] [--repairs all]
 
 For each MLP sparsity (20%, 40% of the GLU neurons of every layer) every method starts from the same dense model
 and, where it uses data, the same calibration batch (LAMBADA calibration pool, disjoint from evaluated text):
@@ -14,14 +14,33 @@ and, where it uses data, the same calibration batch (LAMBADA calibration pool, d
   sparsity is set to the uniform models' block sparsity), for every amplitude of ``--amplitudes`` (the paper's
   0.02, and the value the held-out amplitude ablation selects, see README), heads + MLP and (with
   ``--adaptive-mlp-only``) MLP only, with every within-layer criterion of ``--adaptive-criteria``.
-* with ``--repairs ls,ls+bias`` (issue 19): every prunelab maw_hybrid / taylor / adaptive cell again with each
-  repair (same kept groups, same calibration batch), so the gain of the repair alone is visible, and the forward
-  latency of maw_hybrid with and without each repair.
+* with ``--repairs all`` (or a list of none, bias, ls, ls+bias; issue 19): every prunelab cell of ``--criteria``
+  (maw_hybrid, taylor, adaptive) with each repair — same kept groups, same calibration batch, so the gain of the
+  repair alone is visible. A repair table then gives per cell: WikiText-2 perplexity and its ratio to the same cell
+  without repair (paired bootstrap CI over windows), ARC-Easy accuracy (Wilson CI) and its paired difference to the
+  unrepaired cell (bootstrap CI, McNemar p), the pruning wall time and the repair's share of it, and the forward
+  latency ([4 × 128] tokens, median of ``--latency-reps``) with its ratio to the unrepaired cell. With
+  ``--repairs`` the defaults become the issue's protocol: WikiText-2 over the *whole* test file (every 512-token
+  window, ``--ppl-windows all``; 590 windows with SmolLM2's tokenizer) and 500 ARC-Easy items.
 
-Columns: parameters, WikiText-2 perplexity over a fixed slice (the first ``--ppl-windows`` windows of 512 tokens),
-ARC-Easy accuracy on a seeded sample of ``--arc-limit`` items (if ``prunelab.evaluate`` is available) and the
-pruning wall time and process CPU time (incl. calibration). CPU timings are noisy on shared cores; compare within the run.
-Finally the forward-pass latency of the 40 % MAW model vs dense is measured next to its FLOP ratio.
+Peers: OptiPFair and torch-pruning are optional. ``--peers auto`` (default) runs their rows only if both import and
+otherwise prints one line and runs the prunelab cells alone (no best-peer table); ``--peers no`` skips them (also
+the static-maw row, which only exists to compare with OptiPFair); ``--peers yes`` fails if either is missing.
+
+Full repair table without peers (≈ 5 h on an idle 2-core CPU: 25 evaluations of ≈ 11 min each — 590 WikiText-2
+windows ≈ 7.5 min at the README's 760 ms per [4 × 128] forward, 500 ARC-Easy items ≈ 4 min — plus ≈ 20 min of
+pruning and repair):
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/width_vs_peers.py --repairs all --peers no \\
+        --json width_repair.json
+
+``--quick`` checks the script end to end in about a minute (80 %, maw_hybrid, none/ls on 4 × 96 calibration
+tokens, 1 window, 10 items; numbers meaningless).
+
+Columns: parameters, WikiText-2 perplexity (``--ppl-windows``), ARC-Easy accuracy on a seeded sample of
+``--arc-limit`` items and the pruning wall time and process CPU time (incl. calibration and repair). CPU timings are
+noisy on shared cores; compare within the run. With the peers, the forward-pass latency of the 40 % MAW model vs
+dense is measured next to its FLOP ratio.
 
 A second table compares, at each sparsity, every method with the best peer (OptiPFair / torch-pruning): ARC-Easy
 as a paired difference in percentage points (bootstrap over the same items, McNemar's exact p) against the peer
@@ -188,25 +207,129 @@ def latency(model, tokens: torch.Tensor, reps: int) -> float:
     return statistics.median(times)
 
 
+def peers_available() -> tuple[bool, str]:
+    """Whether OptiPFair and torch-pruning import (they are benchmark-only extras, see the module docstring)."""
+    missing = []
+    for mod in ("optipfair", "torch_pruning"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    return not missing, ", ".join(missing)
+
+
+#: ``--quick``: an end-to-end smoke check, not a measurement. 80 % sparsity keeps 307 neurons, so ``ls`` needs only
+#: 307 calibration tokens (it refuses fewer than the kept width): 4 × 96 keeps the repair passes short.
+QUICK = dict(ratios="0.8", criteria="maw_hybrid", repairs="none,ls", calib_samples=4, calib_seq_len=96,
+             ppl_windows="1", arc_limit=10, latency_reps=1, peers="no")
+
+
+def parse_windows(text: str, repairs: list[str]) -> int | None:
+    """``--ppl-windows``: a count, ``all`` (every 512-token window of the test file, None), or ``auto``: all with
+    ``--repairs`` (issue 19 asks for the whole file), the historical 4 otherwise."""
+    if text == "auto":
+        return None if repairs else 4
+    if text == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise SystemExit(f"--ppl-windows must be ≥ 1, 'all' or 'auto', got {text}")
+    return value
+
+
+def repair_table(rows) -> list[dict]:
+    """Each criterion × repair cell against the same criterion without repair (paired CIs), as records."""
+    from prunelab.stats import accuracy_difference, mean_ci, perplexity_ratio
+
+    def windows(r):
+        return {str(i): (n, t) for i, (n, t) in enumerate(zip(r["window_nll"], r["window_tokens"]))}
+
+    def items(r):
+        return {k: o.correct for k, o in r["arc_items"].items()}
+
+    out = []
+    base: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("cell") is None:
+            continue
+        ratio, crit, fix = r["cell"]
+        rec = {"ratio": ratio, "criterion": crit, "repair": fix, "params": r["params"], "ppl": r["ppl"],
+               "arc": r["arc"], "prune_s": r["seconds"], "repair_s": r.get("repair_s"),
+               "forward_ms": r.get("forward_ms")}
+        if r["arc_items"]:
+            rec["arc_ci"] = mean_ci(items(r)).as_dict()
+        if fix == "none":
+            base[(ratio, crit)] = r
+        elif (ratio, crit) in base:
+            b = base[(ratio, crit)]
+            rec["ppl_vs_none"] = perplexity_ratio(windows(b), windows(r)).as_dict()
+            if r["arc_items"] and b["arc_items"]:
+                rec["arc_vs_none"] = accuracy_difference(items(b), items(r)).as_dict()
+            if b.get("forward_ms") and r.get("forward_ms"):
+                rec["latency_vs_none"] = r["forward_ms"] / b["forward_ms"]
+        out.append(rec)
+    return out
+
+
+def print_repair_table(records, dense_row) -> None:
+    def ci(d, fmt):  # "*": p < 0.05 (or the CI excludes the null), prunelab.stats.Difference.significant
+        return "" if d is None else f"{d['estimate']:{fmt}} [{d['low']:{fmt}}, {d['high']:{fmt}}]" + (
+            "*" if d.get("significant") else "")
+
+    print("\n### Repair without retraining (issue 19): each criterion × repair vs the same cell without repair\n")
+    arc = "" if dense_row["arc"] is None else f", ARC-Easy {dense_row['arc']:.1f}"
+    print(f"dense: ppl {dense_row['ppl']:.2f}{arc}")
+    print("\n| MLP sparsity | criterion | repair | params (M) | WikiText-2 ppl | ppl × vs none [95% CI] | ARC-Easy % "
+          "[95% CI] | Δ ARC pp vs none [95% CI] | prune s | of which repair s | forward ms (× vs none) |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in records:
+        arc = "n/a" if r["arc"] is None else (ci(r.get("arc_ci"), ".1f") or f"{r['arc']:.1f}")
+        lat = "" if r["forward_ms"] is None else f"{r['forward_ms']:.1f}" + (
+            f" (×{r['latency_vs_none']:.3f})" if r.get("latency_vs_none") else "")
+        rs = "" if r["repair_s"] is None else f"{r['repair_s']:.1f}"
+        print(f"| {r['ratio']:.0%} | {r['criterion']} | {r['repair']} | {r['params'] / 1e6:.2f} | {r['ppl']:.2f} | "
+              f"{ci(r.get('ppl_vs_none'), '.3f')} | {arc} | {ci(r.get('arc_vs_none'), '+.1f')} | {r['prune_s']:.1f} | "
+              f"{rs} | {lat} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ratios", default="0.4,0.2")
-    ap.add_argument("--calib-samples", type=int, default=16)
-    ap.add_argument("--calib-seq-len", type=int, default=128)
+    ap.add_argument("--quick", action="store_true",
+                    help="end-to-end check in under a minute: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                             for k, v in QUICK.items()))
+    ap.add_argument("--ratios", default=None, help="MLP sparsities (default 0.4,0.2)")
+    ap.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16)")
+    ap.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window (default 128)")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--ppl-windows", type=int, default=4)
-    ap.add_argument("--arc-limit", type=int, default=100)
+    ap.add_argument("--ppl-windows", default=None,
+                    help="WikiText-2 windows of 512 tokens: a number, 'all' (the whole test file) or 'auto' (default: "
+                         "all with --repairs, 4 otherwise)")
+    ap.add_argument("--arc-limit", type=int, default=None, help="ARC-Easy items (default 500 with --repairs, else 100)")
     ap.add_argument("--steps", type=int, default=4, help="Adapt-Pruner steps T")
     ap.add_argument("--amplitudes", default="0.02", help="comma list of Adapt-Pruner amplitudes A")
     ap.add_argument("--adaptive-criteria", default="taylor",
                     help="comma list of within-layer criteria (non-Taylor ones run MLP-only)")
     ap.add_argument("--skip", default="", help="comma list of method names to skip (e.g. 'torch-pruning Taylor')")
     ap.add_argument("--adaptive-mlp-only", action="store_true", help="also run Adapt-Pruner restricted to MLP neurons")
-    ap.add_argument("--repairs", default="",
-                    help="comma list of repairs (bias, ls, ls+bias) added as extra cells after each prunelab "
-                         "maw_hybrid / taylor / adaptive row, same kept groups and calibration (issue 19)")
+    ap.add_argument("--repairs", default=None,
+                    help="comma list of repairs (none, bias, ls, ls+bias, or 'all'): every prunelab cell of --criteria "
+                         "is run with each (same kept groups, same calibration; issue 19)")
+    ap.add_argument("--criteria", default=None,
+                    help="prunelab cells of the repair grid: maw_hybrid, taylor, adaptive (default all three)")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of --repairs ls (default: auto)")
+    ap.add_argument("--peers", default=None, choices=("auto", "yes", "no"),
+                    help="OptiPFair / torch-pruning rows: auto (default: if both import), yes (fail if missing), no")
+    ap.add_argument("--latency-reps", type=int, default=None, help="forward passes timed per model (median; default 7)")
+    ap.add_argument("--json", default=None, help="write every row and the repair table as JSON")
     args = ap.parse_args()
+    defaults = dict(ratios="0.4,0.2", criteria="maw_hybrid,taylor,adaptive", repairs="", calib_samples=16,
+                    calib_seq_len=128, ppl_windows="auto", arc_limit=None, latency_reps=7, peers="auto")
+    for key, value in (QUICK if args.quick else defaults).items():
+        if getattr(args, key) is None:  # explicit flags win over --quick
+            setattr(args, key, value)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from rich.console import Console
@@ -216,43 +339,66 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS
 
-    repairs = [r for r in REPAIRS.parse_list(args.repairs) if r != "none"] if args.repairs else []
+    repairs = REPAIRS.parse_list(args.repairs) if args.repairs else []
+    if repairs and "none" not in repairs:
+        repairs = ["none", *repairs]  # the unrepaired cell is the reference of every comparison
+    criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    if unknown := set(criteria) - {"maw_hybrid", "taylor", "adaptive"}:
+        raise SystemExit(f"--criteria: unknown {', '.join(sorted(unknown))} (maw_hybrid, taylor, adaptive)")
+    windows_n = parse_windows(args.ppl_windows, repairs)
+    arc_limit = args.arc_limit if args.arc_limit is not None else (500 if repairs else 100)
     ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
+    ok, missing = peers_available()
+    if args.peers == "yes" and not ok:
+        raise SystemExit(f"--peers yes: {missing} not installed (see the pip line in the module docstring)")
+    peers = ok and args.peers != "no"
+    if not peers:
+        console.print(f"peers skipped ({'--peers no' if args.peers == 'no' else missing + ' not installed'}): only "
+                      f"prunelab rows; no best-peer table")
+        skip |= {"optipfair MAW (static)", "optipfair MAW hybrid (data)", "torch-pruning Taylor", "prunelab maw"}
+    if not repairs:
+        repairs = ["none"]
 
     def repair_note(rep):
         rr = rep.repair
+        if rr is None:
+            return ""
         return (f"repair {rr.method}: reconstruction error {rr.mean_error_before:.3f} → {rr.mean_error_after:.3f}, "
                 f"{rr.seconds:.1f}s of the prune time")
+
     lm = prunelab.load("smollm2-135m")
     dense, tok = lm.model, lm.tokenizer
     text = load_wikitext2_text()
     cal = calibration_batch(tok, args.calib_samples, args.calib_seq_len, source="lambada", seed=0)
     loader = [{"input_ids": cal[i : i + args.batch_size]} for i in range(0, cal.shape[0], args.batch_size)]
+    latency_x = cal[:1, :128].repeat(4, 1)
     dense_rows = gate_rows(dense)
     dense_blocks = block_params(dense)
-    console.print(f"calibration {tuple(cal.shape)} (lambada), batch {args.batch_size}; WikiText-2 first "
-                  f"{args.ppl_windows}×512 tokens; ARC-Easy {args.arc_limit} items; Adapt-Pruner T={args.steps}, "
+    console.print(f"calibration {tuple(cal.shape)} (lambada), batch {args.batch_size}; WikiText-2 "
+                  f"{'all' if windows_n is None else f'first {windows_n}'} ×512-token windows; ARC-Easy {arc_limit} "
+                  f"items; repairs {', '.join(repairs)} × criteria {', '.join(criteria)}; Adapt-Pruner T={args.steps}, "
                   f"A ∈ {{{args.amplitudes}}}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     def evaluate_row(name, model, seconds, extra="", cpu=0.0, ratio=None):
-        pr = perplexity(model, tok, text, seq_len=512, max_windows=args.ppl_windows)
+        pr = perplexity(model, tok, text, seq_len=512, max_windows=windows_n)
         ppl = pr.perplexity
-        acc, arc_items = arc_easy(model, tok, args.arc_limit)
+        acc, arc_items = arc_easy(model, tok, arc_limit)
         pc = count_parameters(model)
-        # per-item outcomes (ARC-Easy items, perplexity windows) for the paired comparisons with the best peer
+        # per-item outcomes (ARC-Easy items, perplexity windows) for the paired comparisons
         row = dict(method=name, params=pc.total, non_emb=pc.non_embedding, ppl=ppl, arc=acc, seconds=seconds,
                    cpu=cpu, note=extra, ratio=ratio, arc_items=arc_items, window_nll=list(pr.window_nll),
                    window_tokens=list(pr.window_tokens))
-        console.print(f"  {name:34s} params {pc.total / 1e6:7.2f}M  ppl {ppl:9.2f}  "
+        console.print(f"  {name:34s} params {pc.total / 1e6:7.2f}M  ppl {ppl:9.2f} ({pr.windows} windows)  "
                       f"ARC-e {'n/a' if acc is None else f'{acc:5.1f}'}  prune {seconds:6.2f}s (cpu {cpu:6.2f}s)  {extra}")
         return row
 
     rows = [evaluate_row("dense", dense, 0.0)]
+    dense_row = rows[0]
     for ratio in [float(r) for r in args.ratios.split(",")]:
         console.rule(f"MLP sparsity {ratio:.0%}")
         kept = {}
 
-        def run(name, fn, extra_fn=None):
+        def run(name, fn, extra_fn=None, cell=None):
             if name in skip:
                 return None
             model = copy.deepcopy(dense)
@@ -261,54 +407,63 @@ def main() -> None:
             seconds, cpu = time.perf_counter() - t, time.process_time() - c
             kept[name] = [kept_indices(o, n) for o, n in zip(dense_rows, gate_rows(model))]
             extra = extra_fn(out) if extra_fn else ""
-            rows.append(evaluate_row(f"{name} @{ratio:.0%}", model, seconds, extra, cpu, ratio))
+            row = evaluate_row(f"{name} @{ratio:.0%}", model, seconds, extra, cpu, ratio)
+            if cell is not None:  # a cell of the repair grid: its repair time and forward latency
+                row["cell"] = cell
+                rep = getattr(out, "repair", None)
+                row["repair_s"] = rep.seconds if rep is not None else 0.0
+                row["forward_ms"] = 1000 * latency(model, latency_x, args.latency_reps)
+            rows.append(row)
             return model
+
+        def uniform(crit):
+            def fn(m, f):
+                return prune_width(m, criterion=crit, ratio=ratio, calibration=cal, batch_size=args.batch_size,
+                                   progress=False, repair=f, ridge=ridge)
+            return fn
+
+        def label(base, fix):
+            return base if fix == "none" else f"{base} +{fix}"
 
         m_maw = run("prunelab maw", lambda m: prune_width(m, criterion="maw", ratio=ratio, progress=False))
         run("optipfair MAW (static)", lambda m: optipfair_prune(m, ratio),
             lambda _: f"kept-neuron overlap with prunelab maw {overlap(kept['prunelab maw'], kept['optipfair MAW (static)']):.1%}")
-        m_hybrid = run("prunelab maw_hybrid", lambda m: prune_width(m, criterion="maw_hybrid", ratio=ratio,
-                                                                    calibration=cal, batch_size=args.batch_size,
-                                                                    progress=False))
-        for fix in repairs:
-            m_fixed = run(f"prunelab maw_hybrid +{fix}", lambda m, f=fix: prune_width(
-                m, criterion="maw_hybrid", ratio=ratio, calibration=cal, batch_size=args.batch_size, progress=False,
-                repair=f, ridge=ridge), repair_note)
-            if m_hybrid is not None and m_fixed is not None:  # the repair must not slow the model down
-                x = cal[:1, :128].repeat(4, 1)
-                t_plain, t_fixed = latency(m_hybrid, x, 7), latency(m_fixed, x, 7)
-                print(f"  forward [4×128] median of 7: maw_hybrid {1000 * t_plain:.1f} ms, +{fix} "
-                      f"{1000 * t_fixed:.1f} ms (×{t_fixed / t_plain:.3f})", flush=True)
-            del m_fixed
+        if "maw_hybrid" in criteria or peers:
+            for fix in (repairs if "maw_hybrid" in criteria else ["none"]):
+                run(label("prunelab maw_hybrid", fix), lambda m, f=fix: uniform("maw_hybrid")(m, f), repair_note,
+                    cell=(ratio, "maw_hybrid", fix) if "maw_hybrid" in criteria else None)
         run("optipfair MAW hybrid (data)", lambda m: optipfair_prune(m, ratio, loader),
             lambda _: f"overlap with prunelab maw_hybrid {overlap(kept['prunelab maw_hybrid'], kept['optipfair MAW hybrid (data)']):.1%}")
-        run("prunelab taylor", lambda m: prune_width(m, criterion="taylor", ratio=ratio, calibration=cal,
-                                                     batch_size=args.batch_size, progress=False))
-        for fix in repairs:
-            run(f"prunelab taylor +{fix}", lambda m, f=fix: prune_width(
-                m, criterion="taylor", ratio=ratio, calibration=cal, batch_size=args.batch_size, progress=False,
-                repair=f, ridge=ridge), repair_note)
-        if "torch-pruning Taylor" not in skip:
-            run("torch-pruning Taylor", lambda m: torch_pruning_taylor(m, ratio, cal, args.batch_size),
-                lambda _: f"overlap with prunelab taylor {overlap(kept['prunelab taylor'], kept['torch-pruning Taylor']):.1%}")
-        # Adapt-Pruner at the same parameter count as the uniform models: same decoder-block sparsity
-        target = 1.0 - block_params(m_maw) / dense_blocks
-        for crit in args.adaptive_criteria.split(","):
-            for heads in ((True, False) if args.adaptive_mlp_only else (True,)):
-                if heads and crit not in LOSS_SCALED_CRITERIA:
-                    continue
-                for amp in [float(a) for a in args.amplitudes.split(",")]:
-                    label = (f"prunelab adaptive {crit} A={amp:g}" + ("" if heads else " (MLP only)"))
-                    run(label, lambda m, h=heads, a=amp, c=crit: adapt_prune(
-                            m, ratio=target, amplitude=a, steps=args.steps, calibration=cal, batch_size=args.batch_size,
-                            prune_heads=h, criterion=c, progress=False),
-                        lambda rep: f"block sparsity {rep.sparsity:.1%} (target {target:.1%}), "
-                                    f"widths {min(rep.widths_after)}–{max(rep.widths_after)}, heads {sum(rep.heads_after)}")
-                    for fix in repairs:
-                        run(f"{label} +{fix}", lambda m, h=heads, a=amp, c=crit, f=fix: adapt_prune(
-                                m, ratio=target, amplitude=a, steps=args.steps, calibration=cal,
-                                batch_size=args.batch_size, prune_heads=h, criterion=c, progress=False, repair=f,
-                                ridge=ridge), repair_note)
+        if "taylor" in criteria or peers:
+            for fix in (repairs if "taylor" in criteria else ["none"]):
+                run(label("prunelab taylor", fix), lambda m, f=fix: uniform("taylor")(m, f), repair_note,
+                    cell=(ratio, "taylor", fix) if "taylor" in criteria else None)
+        run("torch-pruning Taylor", lambda m: torch_pruning_taylor(m, ratio, cal, args.batch_size),
+            lambda _: f"overlap with prunelab taylor {overlap(kept['prunelab taylor'], kept['torch-pruning Taylor']):.1%}")
+        if "adaptive" in criteria or peers:
+            # Adapt-Pruner at the same parameter count as the uniform models: same decoder-block sparsity (the
+            # uniform widths do not depend on the criterion, so a static maw copy gives them without evaluating it)
+            probe = m_maw
+            if probe is None:
+                probe = copy.deepcopy(dense)
+                prune_width(probe, criterion="maw", ratio=ratio, progress=False)
+            target = 1.0 - block_params(probe) / dense_blocks
+            for crit in args.adaptive_criteria.split(","):
+                for heads in ((True, False) if args.adaptive_mlp_only else (True,)):
+                    if heads and crit not in LOSS_SCALED_CRITERIA:
+                        continue
+                    for amp in [float(a) for a in args.amplitudes.split(",")]:
+                        name = f"prunelab adaptive {crit} A={amp:g}" + ("" if heads else " (MLP only)")
+                        cell_name = f"adaptive {crit} A={amp:g}" + ("" if heads else " MLP-only")
+                        for fix in (repairs if "adaptive" in criteria else ["none"]):
+                            run(label(name, fix), lambda m, h=heads, a=amp, c=crit, f=fix: adapt_prune(
+                                    m, ratio=target, amplitude=a, steps=args.steps, calibration=cal,
+                                    batch_size=args.batch_size, prune_heads=h, criterion=c, progress=False, repair=f,
+                                    ridge=ridge),
+                                lambda rep: f"block sparsity {rep.sparsity:.1%} (target {target:.1%}), widths "
+                                            f"{min(rep.widths_after)}–{max(rep.widths_after)}, heads "
+                                            f"{sum(rep.heads_after)}" + ("; " + repair_note(rep) if rep.repair else ""),
+                                cell=(ratio, cell_name, fix) if "adaptive" in criteria else None)
         if abs(ratio - 0.4) < 1e-9 and m_maw is not None:
             speedup(dense, m_maw, cal)
 
@@ -325,10 +480,18 @@ def main() -> None:
         arc = "n/a" if r["arc"] is None else f"{r['arc']:.1f}"
         print(f"| {r['method']} | {r['params'] / 1e6:.2f} | {r['ppl']:.2f} | {arc} | {r['seconds']:.2f} | "
               f"{r['cpu']:.2f} | {r['note']} |")
-    peers = peer_comparisons(rows)
-    if peers is not None:
-        print("\n" + peers.markdown())
+    records = repair_table(rows) if args.repairs else []
+    if records:
+        print_repair_table(records, dense_row)
+    peer_table = peer_comparisons(rows) if peers else None
+    if peer_table is not None:
+        print("\n" + peer_table.markdown())
+    if args.json:
+        from prunelab.atomic import write_json
 
+        plain = [{k: v for k, v in r.items() if k not in ("arc_items", "window_nll", "window_tokens")} for r in rows]
+        write_json(args.json, {"args": vars(args), "ppl_windows": windows_n, "arc_limit": arc_limit, "rows": plain,
+                               "repair_table": records})
 
 
 if __name__ == "__main__":

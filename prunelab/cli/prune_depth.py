@@ -102,6 +102,9 @@ def prune_depth_cmd(
                                 f"{', '.join(COMPENSATED_SEARCHES)} searches")
     check_outputs(overwrite, dirs=(out,), files=(json_out,))
     lm = load_model(model, dtype, device)
+    from prunelab.prune.depth_repair import check_family
+
+    check_family(lm.model, compensate)  # e.g. linear on Gemma2: refused before the search, not after it
     res = search_blocks(lm.model, remove, objective, search, tokenizer=lm.tokenizer, seed=seed, options=opts,
                         calibration_options=calib, compensate=compensate if compensated_search else "none",
                         ridge=ridge)

@@ -91,6 +91,14 @@ def _post_mlp_norm(layer: nn.Module) -> bool:
     return hasattr(layer, "post_feedforward_layernorm")
 
 
+def check_family(model: nn.Module, method: str) -> None:
+    """The part of :func:`check_compensation` that needs no removed set (run before a search)."""
+    COMPENSATIONS.get(method)
+    if method == "linear" and _post_mlp_norm(adapter_for(model).layers(model)[0]):
+        raise PrunelabError(f"--compensate linear cannot merge into {adapter_for(model).family}: its MLP output "
+                            f"passes post_feedforward_layernorm before the residual add (use --compensate scale)")
+
+
 def check_compensation(model: nn.Module, removed: Iterable[int], method: str, ridge: float | None,
                        calibration: torch.Tensor | None = None) -> str:
     """Validate a compensation request before any work (one clear line per refusal)."""
@@ -100,15 +108,11 @@ def check_compensation(model: nn.Module, removed: Iterable[int], method: str, ri
     if ridge is not None and (not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0
                               or ridge == float("inf")):
         raise PrunelabError(f"ridge must be a finite number ≥ 0, got {ridge!r}")
-    layers = adapter_for(model).layers(model)
     runs = removed_runs(removed)
-    if method == "linear":
-        if runs and runs[0][0] == 0:
-            raise PrunelabError(f"--compensate linear cannot compensate removed blocks {runs[0][0]}–{runs[0][1]}: the "
-                                f"run starts at block 0, so no kept block precedes it (use --compensate scale)")
-        if _post_mlp_norm(layers[0]):
-            raise PrunelabError(f"--compensate linear cannot merge into {adapter_for(model).family}: its MLP output "
-                                f"passes post_feedforward_layernorm before the residual add (use --compensate scale)")
+    check_family(model, method)
+    if method == "linear" and runs and runs[0][0] == 0:
+        raise PrunelabError(f"--compensate linear cannot compensate removed blocks {runs[0][0]}–{runs[0][1]}: the "
+                            f"run starts at block 0, so no kept block precedes it (use --compensate scale)")
     if calibration is None:
         raise PrunelabError(f"--compensate {method} needs calibration tokens")
     hidden = model.config.hidden_size

@@ -6,7 +6,8 @@ intermediate ``act(gate·x) ⊙ (up·x)`` for ``down_proj``; the concatenated he
 ``ŷ = W_K z_K + b₀``. Over the N calibration tokens let ``μ = (1/N) Σ z``, ``M = (1/N) Σ z zᵀ`` (second moment) and
 ``C = M − μμᵀ`` (covariance), all accumulated in float64. The methods (:data:`REPAIRS`):
 
-* ``bias`` — FLAP (An et al., 2024, "Fluctuation-based Adaptive Structured Pruning", eq. 6 bias compensation): the
+* ``bias`` — FLAP (An et al., AAAI 2024, "Fluctuation-based Adaptive Structured Pruning for Large Language
+  Models", § "Baseline bias compensation": the pruned channels' baseline value ``W x̄`` becomes a bias): the
   removed channels' mean contribution is folded into the bias, ``b' = b₀ + W_R μ_R`` (``W_K`` unchanged). It is the
   least-squares optimal intercept for fixed ``W_K``.
 * ``ls`` — ridge least-squares re-fit of the kept columns (the reconstruction objective of SlimGPT / Olica / GRAIL)::
@@ -40,16 +41,24 @@ input, so later layers re-fit to what they will really see and errors do not com
 attention (``o_proj``, kept head columns) is repaired first, then the MLP's statistics are taken behind the repaired
 attention. Cost: three block passes over the calibration set per layer (two when no heads are pruned).
 
-Memory and time: per repaired projection one ``I × I`` float64 Gram matrix — 1536² · 8 B = 19 MB for SmolLM2, but
-14336² · 8 B = 1.6 GB for an 8B Llama (plus ~0.6 GB for the Cholesky factor of the kept block at 40 %); building it
-costs ``N · I²`` float64 multiply-adds per layer (≈ 0.45 s per 2048 tokens for I = 1536 on 2 CPU cores). The
-calibration tokens stream through in batches, so activations never exceed one batch × I; only one layer's Gram
-matrix exists at a time.
+Memory and time (the Gram matrix is O(I²) per projection; only one exists at a time). ``down_proj``: I = the GLU
+width — 1536² · 8 B = 19 MB for SmolLM2-135M; for an 8B Llama (I = 14336) 14336² · 8 B = 1.64 GB, and the solve adds
+the kept block ``S_KK + λI`` and its Cholesky factor (|K| = 8602 at 40 %: 2 × 0.59 GB) and the cross block ``S_KR``
+(0.39 GB): ≈ 3.2 GB peak beyond the model (:func:`solve_repair` never copies the Gram matrix). ``o_proj``: I = heads ·
+head_dim (4096 there: 134 MB). Building the Gram costs ``N · I²`` float64 multiply-adds per projection: 0.16 s per
+2048 tokens for I = 1536 (float64 ``addmm`` at ≈ 55 GFLOP/s, measured on the 2-core CPU of the benchmarks); for
+I = 14336 and N = 16384 tokens 3.4·10¹² per layer — ≈ 2 min per layer at that rate (≈ 1 h for 32 layers), seconds on
+a data-centre GPU (consumer GPUs run float64 at 1/32–1/64 of their float32 rate). The Cholesky of the kept block
+(|K|³/3 ≈ 2·10¹¹) is minor. Chunking: the calibration tokens stream through in batches and each batch is converted
+to float64 in row chunks of at most :data:`ROW_CHUNK_ELEMENTS` (256 MB), so activation memory does not grow with the
+calibration set or with I; the Gram matrix itself is not split — 1.6 GB fits wherever an 8B model does, and a
+blocked solve would only trade that for I/O.
 
-Bias storage is HF-native: ``config.mlp_bias`` / ``config.attention_bias`` (Llama: both; Gemma2: attention only) make
-``from_pretrained`` build the biases. HF's switches add biases to *all* the projections they cover (gate/up/down, or
-q/k/v/o); the ones the repair does not need are zero. A family without a switch for the needed bias (Qwen2, Mistral,
-Phi3 in transformers 5; Gemma2's MLP) is refused with one line — use ``ls`` there.
+Bias storage is HF-native: ``config.mlp_bias`` / ``config.attention_bias`` (Llama: both; Gemma2 and Qwen3: attention
+only) make ``from_pretrained`` build the biases. HF's switches add biases to *all* the projections they cover
+(gate/up/down, or q/k/v/o); the ones the repair does not need are zero. A family without a switch for the needed bias
+(Qwen2, Mistral, Phi3 in transformers 5; the MLP of Gemma2 and Qwen3) is refused with one line — use ``ls`` there.
+:func:`bias_support` decides this from the installed modeling code, not from this list.
 """
 
 from __future__ import annotations
@@ -174,17 +183,24 @@ def check_repair(model: nn.Module, method: str, ridge: float | None, calibration
             raise PrunelabError(f"--repair {method} needs an o_proj bias, which {family} models cannot save "
                                 f"(their HF config has no attention_bias switch); use --repair ls")
     if m.ls and max_kept is not None:
+        # the Gram (covariance, with an intercept) of |K| activations has full rank only from |K| (|K| + 1) tokens on
+        need = max_kept + (1 if m.bias else 0)
         tokens = calibration.numel()
-        if tokens < max_kept:
+        if tokens < need:
             raise PrunelabError(
-                f"--repair {method} needs at least {max_kept} calibration tokens (the largest kept layer width), got "
-                f"{tokens} ({calibration.shape[0]}×{calibration.shape[1]}); use more or longer calibration samples")
+                f"--repair {method} needs at least {need} calibration tokens (the largest kept layer width"
+                f"{' + 1' if m.bias else ''}), got {tokens} ({calibration.shape[0]}×{calibration.shape[1]}); use more "
+                f"or longer calibration samples")
     return m
 
 
 # ----------------------------------------------------------------------------------------------------------
 # statistics and the closed-form solutions
 # ----------------------------------------------------------------------------------------------------------
+#: largest float64 activation chunk converted at once by :meth:`GramAccumulator.add` (2²⁵ elements = 256 MB)
+ROW_CHUNK_ELEMENTS = 1 << 25
+
+
 class GramAccumulator:
     """``Σ z``, ``Σ z zᵀ`` and N over calibration tokens, in float64 (one ``[tokens, I]`` batch at a time)."""
 
@@ -195,36 +211,53 @@ class GramAccumulator:
         self.where = where
 
     def add(self, z: torch.Tensor) -> None:
-        z = z.detach().reshape(-1, z.shape[-1]).to(torch.float64)
+        z = z.detach().reshape(-1, z.shape[-1])
         if not torch.isfinite(z).all():
             raise PrunelabError(f"calibration activations at {self.where} are not finite (NaN/inf): cannot repair")
-        self.sum += z.sum(0)
-        self.gram.addmm_(z.T, z)
+        # rows in chunks, so the float64 copy of a batch stays ≤ ROW_CHUNK_ELEMENTS (e.g. 2340 tokens at I = 14336)
+        step = max(1, ROW_CHUNK_ELEMENTS // z.shape[1])
+        for start in range(0, z.shape[0], step):
+            c = z[start : start + step].to(torch.float64)
+            self.sum += c.sum(0)
+            self.gram.addmm_(c.T, c)
         self.n += z.shape[0]
 
 
 def solve_repair(w: torch.Tensor, b0: torch.Tensor | None, acc: GramAccumulator, keep: torch.Tensor,
                  method: RepairMethod, ridge: float | None) -> tuple[torch.Tensor, torch.Tensor | None, ProjectionRepair]:
-    """New kept weight ``W' [H, |K|]`` and bias (None when the method adds none) — see the module docstring."""
+    """New kept weight ``W' [H, |K|]`` and bias (None when the method adds none) — see the module docstring.
+
+    Only the ``K×K`` and ``K×R`` blocks of the statistics are materialised (``acc.gram`` is read, never copied), so
+    the peak beyond the ``I×I`` Gram matrix is ``2|K|² + |K||R|`` float64 (the ridge system and its Cholesky factor,
+    the cross block) — the memory note of the module docstring.
+    """
     width = w.shape[1]
     removed = torch.tensor(sorted(set(range(width)) - set(keep.tolist())), dtype=torch.long)
-    w64 = w.detach().to(torch.float64)
+    keep, removed = keep.to(acc.gram.device), removed.to(acc.gram.device)
+    w64 = w.detach().to(device=acc.gram.device, dtype=torch.float64)
     wk, wr = w64[:, keep], w64[:, removed]
-    mu = acc.sum / acc.n
-    second = acc.gram / acc.n
-    stat = second - torch.outer(mu, mu) if method.bias else second
+    n = acc.n
+    mu = acc.sum / n
+
+    def block(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        # M_rc = G_rc / N, or the covariance C_rc = M_rc − μ_r μ_cᵀ with an intercept
+        out = acc.gram[rows.unsqueeze(1), cols].div_(n)  # advanced indexing copies: divide that copy in place
+        return out.sub_(torch.outer(mu[rows], mu[cols])) if method.bias else out
+
     lam = 0.0
     w_new = wk
     if method.ls and removed.numel():
-        skk = stat[keep][:, keep]
-        lam = effective_ridge(ridge, int(keep.numel()), acc.n) * float(torch.diagonal(skk).mean())
-        a = skk + lam * torch.eye(skk.shape[0], dtype=torch.float64, device=skk.device)
+        a = block(keep, keep)  # S_KK, becomes S_KK + λI in place
+        lam = effective_ridge(ridge, int(keep.numel()), n) * float(torch.diagonal(a).mean())
+        torch.diagonal(a).add_(lam)
         chol, info = torch.linalg.cholesky_ex(a)
+        del a
         if int(info) != 0:
             raise PrunelabError(f"the calibration Gram matrix of {acc.where} is singular: use a ridge > 0 or more "
                                 f"calibration tokens")
-        rhs = stat[keep][:, removed] @ wr.T  # [K, H]
+        rhs = block(keep, removed) @ wr.T  # S_KR W_Rᵀ  [K, H]
         w_new = wk + torch.cholesky_solve(rhs, chol).T
+        del chol, rhs
     shift = None
     if method.bias:
         # the optimal intercept for the chosen W': b' − b₀ = W μ − W' μ_K  (= W_R μ_R for FLAP, where W' = W_K)
@@ -236,16 +269,16 @@ def solve_repair(w: torch.Tensor, b0: torch.Tensor | None, acc: GramAccumulator,
         # (1/N) Σ ‖W z − (W'_full z + s)‖² from the moments, with W'_full zero on the removed columns
         d = w64.clone()
         d[:, keep] -= wp
-        s = torch.zeros(w.shape[0], dtype=torch.float64, device=d.device) if bp is None else bp
-        return float(torch.einsum("hi,ij,hj->", d, second, d) - 2 * (d @ mu) @ s + s @ s)
+        quad = float(torch.einsum("hi,ij,hj->", d, acc.gram, d)) / n
+        return quad if bp is None else quad - 2 * float((d @ mu) @ bp) + float(bp @ bp)
 
-    scale = float(torch.einsum("hi,ij,hj->", w64, second, w64)) or 1.0
+    scale = float(torch.einsum("hi,ij,hj->", w64, acc.gram, w64)) / n or 1.0
     report = ProjectionRepair(layer=-1, projection="", width=width, kept=int(keep.numel()),
                               error_before=error(wk, None) / scale, error_after=max(error(w_new, shift), 0.0) / scale,
                               ridge_abs=lam)
     bias = None
     if method.bias:
-        bias = shift if b0 is None else b0.detach().to(torch.float64) + shift
+        bias = shift if b0 is None else b0.detach().to(shift) + shift
     return w_new, bias, report
 
 

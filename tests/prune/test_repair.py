@@ -240,3 +240,130 @@ def test_spec_repair_field_keeps_old_hashes():
         WidthPruning(ratio=0.4, repair="magic")
     with pytest.raises(ValidationError):
         WidthPruning(ratio=0.4, repair="ls", ridge=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# audit additions (issue 19): FLAP formula, attention refit per family, chunked Gram, reloads, CLI exit codes
+# ----------------------------------------------------------------------------------------------------------
+def test_flap_bias_is_the_removed_channels_mean_contribution():
+    torch.manual_seed(0)
+    w, b0 = torch.randn(6, 10), torch.randn(6)
+    z = torch.randn(50, 10) * 2 + 0.5
+    acc = GramAccumulator(10, "test", torch.device("cpu"))
+    acc.add(z)
+    keep = torch.tensor([0, 2, 3, 7, 9])
+    removed = torch.tensor([1, 4, 5, 6, 8])
+    w_new, bias, rec = solve_repair(w, b0, acc, keep, REPAIRS.get("bias"), None)
+    assert torch.equal(w_new.float(), w[:, keep])  # FLAP leaves the kept columns alone
+    want = b0.double() + w[:, removed].double() @ z[:, removed].double().mean(0)  # b₀ + W_R μ_R
+    assert torch.allclose(bias, want, atol=1e-10)
+    # the moment-based error equals the error measured on the data
+    got = (z.double() @ w.double().T + b0.double()) - (z[:, keep].double() @ w_new.T + bias)
+    ref = (z.double() @ w.double().T).pow(2).sum(1).mean()
+    assert rec.error_after == pytest.approx(float(got.pow(2).sum(1).mean() / ref), rel=1e-8)
+
+
+def test_gram_chunks_equal_one_pass(monkeypatch):
+    import prunelab.prune.repair as rp
+
+    z = torch.randn(37, 10, generator=torch.Generator().manual_seed(3))
+    whole = GramAccumulator(10, "a", torch.device("cpu"))
+    whole.add(z)
+    monkeypatch.setattr(rp, "ROW_CHUNK_ELEMENTS", 40)  # 4 rows per float64 chunk
+    chunked = GramAccumulator(10, "b", torch.device("cpu"))
+    chunked.add(z)
+    assert chunked.n == whole.n == 37
+    assert torch.allclose(chunked.gram, whole.gram, atol=1e-12) and torch.allclose(chunked.sum, whole.sum, atol=1e-12)
+
+
+def _attn(model, i):
+    adapter = adapter_for(model)
+    return adapter.layers(model)[i].get_submodule(adapter.proj_names["o"].rsplit(".", 1)[0])
+
+
+def test_attention_reconstruction_error_not_above_unrepaired(family):
+    """o_proj refit: the repaired attention's error against the dense attention, on the inputs it sees, ≤ plain's."""
+    dense = tiny_model(family)
+    kw = dict(criterion="maw", ratio=0.4, heads_ratio=0.5, calibration=CAL, progress=False)
+    plain, fixed = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_width(plain, **kw)
+    rep = prune_width(fixed, repair="ls", **kw)
+    assert [p.projection for p in rep.repair.projections[:2]] == ["o", "down"]  # attention first, then the MLP
+    gains = []
+    for i in range(4):
+        calls = []
+        h = _attn(fixed, i).register_forward_pre_hook(lambda mod, a, k: calls.append((a, k)), with_kwargs=True)
+        try:
+            with torch.no_grad():
+                fixed(input_ids=CAL, use_cache=False)  # no KV cache: the captured call is replayed
+        finally:
+            h.remove()
+        (args, kwargs), = calls
+        with torch.no_grad():
+            target = _out_of(_attn(dense, i)(*args, **kwargs))
+            e_plain = float((_out_of(_attn(plain, i)(*args, **kwargs)) - target).pow(2).sum())
+            e_fixed = float((_out_of(_attn(fixed, i)(*args, **kwargs)) - target).pow(2).sum())
+        assert e_fixed <= e_plain * (1 + 1e-5), (i, e_fixed, e_plain)
+        gains.append(e_fixed / e_plain)
+    assert min(gains) < 0.95
+
+
+def _out_of(result):
+    return result[0] if isinstance(result, tuple) else result
+
+
+@pytest.mark.parametrize("family_, prune", [("llama", "mlp"), ("llama", "heads"), ("gemma2", "heads"),
+                                            ("qwen3", "heads")])
+def test_flap_bias_reloads_with_plain_from_pretrained(family_, prune, tmp_path):
+    """``bias`` alone, on every family whose config has the needed switch: identical logits after a plain reload."""
+    from transformers import AutoModelForCausalLM
+
+    import prunelab
+
+    model = tiny_model(family_)
+    kw = dict(ratio=0.4) if prune == "mlp" else dict(heads_ratio=0.5)
+    prune_width(model, criterion="maw", calibration=CAL, repair="bias", progress=False, **kw)
+    prunelab.save(model, None, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg.get("mlp_bias" if prune == "mlp" else "attention_bias") is True
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    proj = adapter_for(loaded).module(adapter_for(loaded).layers(loaded)[0], "down" if prune == "mlp" else "o")
+    assert float(proj.bias.detach().abs().max()) > 0
+    with torch.no_grad():
+        assert torch.equal(loaded(X).logits, model(X).logits)
+
+
+def test_bias_refused_for_the_mlp_of_attention_bias_only_families():
+    with pytest.raises(PrunelabError, match="no mlp_bias switch"):
+        prune_width(tiny_model("gemma2"), criterion="maw", ratio=0.4, calibration=CAL, repair="bias", progress=False)
+
+
+def test_ls_bias_needs_one_token_more():
+    with pytest.raises(PrunelabError, match="at least 30 calibration tokens"):
+        prune_width(tiny_model("llama"), criterion="maw", ratio=0.4, calibration=CAL[:1, :29], repair="ls+bias",
+                    progress=False)
+
+
+def _main(argv, capsys):
+    from prunelab.cli import main
+
+    capsys.readouterr()  # drop what the fixtures printed (e.g. the shard-writing bar of save_tiny)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("fam, args, message", [
+    ("llama", ["--repair", "ls", "--ridge", "-0.5"], "--ridge must be ≥ 0"),
+    ("llama", ["--repair", "ls", "--calib-samples", "1", "--calib-seq-len", "8"],
+     "needs at least 29 calibration tokens"),
+    ("qwen2", ["--repair", "bias", "--calib-samples", "4", "--calib-seq-len", "16"], "no mlp_bias switch"),
+])
+def test_cli_refusal_one_line_exit_2_nothing_written(fam, args, message, tmp_path, text_file_, capsys):
+    model = save_tiny(tmp_path, fam)
+    out, js = tmp_path / "o", tmp_path / "o.json"
+    code, lines = _main(["prune", "width", str(model), "--ratio", "0.4", "--calibration", str(text_file_),
+                         "-o", str(out), "--json", str(js), *args], capsys)
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not out.exists() and not js.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "tiny"]  # no temporary sibling left either

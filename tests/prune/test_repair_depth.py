@@ -36,12 +36,17 @@ def _explicit(dense, removed, transforms):
     return plain
 
 
-@pytest.mark.parametrize("fam", ["llama", "qwen2", "phi3"])
-def test_linear_merge_equals_explicit_map_before_and_after_reload(fam, tmp_path):
+@pytest.mark.parametrize("fam, extra", [("llama", {}), ("llama", {"mlp_bias": True}), ("qwen2", {}), ("qwen3", {}),
+                                        ("mistral", {}), ("phi3", {})])
+def test_linear_merge_equals_explicit_map_before_and_after_reload(fam, extra, tmp_path):
     import prunelab
     from transformers import AutoModelForCausalLM
 
-    dense = tiny_model(fam, num_hidden_layers=6)
+    dense = tiny_model(fam, num_hidden_layers=6, **extra)
+    if extra.get("mlp_bias"):  # a nonzero down_proj bias: the merge must map it too (b ← Tᵀ b)
+        with torch.no_grad():
+            for layer in dense.model.layers:
+                layer.mlp.down_proj.bias.normal_(0, 0.5)
     model = copy.deepcopy(dense)
     removed = [2, 3, 5]
     rep = compensate_and_remove(model, removed, CAL, "linear", progress=False)
@@ -159,3 +164,76 @@ def test_compensated_search_refusals():
     model = tiny_model("llama", num_hidden_layers=6)
     with pytest.raises(PrunelabError, match="supports one-shot"):
         search_blocks(model, 2, "perplexity", "bo", calibration=CAL, compensate="scale", progress=False)
+
+
+def test_linear_merge_equals_a_hand_written_forward():
+    """The literal statement: dense prefix, the anchor block with ``h_mid + MLP(norm(h_mid)) · T``, the rest."""
+    dense = tiny_model("llama", num_hidden_layers=6)
+    model = copy.deepcopy(dense)
+    rep = compensate_and_remove(model, [3, 4], CAL, "linear", progress=False)
+    t = rep.transforms[2]
+    m = dense.model
+    with torch.no_grad():
+        h = m.embed_tokens(X)
+        pos = torch.arange(X.shape[1]).unsqueeze(0)
+        pe = m.rotary_emb(h, pos)
+        mask = torch.full((X.shape[1], X.shape[1]), float("-inf")).triu(1)[None, None]
+        for i in (0, 1, 2, 5):
+            layer = m.layers[i]
+            mid = h + layer.self_attn(layer.input_layernorm(h), position_embeddings=pe, attention_mask=mask)[0]
+            mlp = layer.mlp(layer.post_attention_layernorm(mid))
+            h = mid + (mlp @ t if i == 2 else mlp)
+        want = dense.lm_head(m.norm(h))
+        assert torch.allclose(model(X).logits, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("fam", ["llama", "gemma2"])
+def test_scale_reloads_with_plain_from_pretrained(fam, tmp_path):
+    import prunelab
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(fam, num_hidden_layers=6)
+    compensate_and_remove(model, [2, 3], CAL, "scale", progress=False)
+    prunelab.save(model, tiny_tokenizer(), tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.num_hidden_layers == 4
+    assert not any("scale" in k for k in loaded.state_dict())  # folded: no new parameter
+    with torch.no_grad():
+        assert torch.equal(loaded(X).logits, model(X).logits)
+
+
+def _main(argv, capsys):
+    from prunelab.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+def test_cli_linear_refusals_one_line_exit_2_nothing_written(saved6, tmp_path, capsys, monkeypatch):
+    import prunelab.prune.depth as depth
+
+    real = depth.search_blocks
+    chosen: list[list[int]] = []
+
+    def search_picking_block_0(*args, **kwargs):  # a random tiny model has no reliably removable block 0
+        res = real(*args, **kwargs)
+        res.removed = [0]
+        chosen.append(res.removed)
+        return res
+
+    gemma = save_tiny(tmp_path / "g", "gemma2", num_hidden_layers=6)
+    common = ["-k", "1", "--search", "one-shot", "--compensate", "linear", "--calib-samples", "4",
+              "--calib-seq-len", "16"]
+    for model, message in ((gemma, "post_feedforward_layernorm"), (saved6, "starts at block 0")):
+        if model == saved6:
+            monkeypatch.setattr(depth, "search_blocks", search_picking_block_0)
+        out, js = tmp_path / "o", tmp_path / "o.json"
+        code, lines = _main(["prune", "depth", str(model), *common, "-o", str(out), "--json", str(js)], capsys)
+        assert code == 2 and len(lines) == 1 and message in lines[0], lines
+        assert not out.exists() and not js.exists()
+    assert chosen == [[0]]  # Gemma2 was refused before its search ran
+    code, lines = _main(["prune", "depth", str(gemma), "-k", "1", "--compensate", "scale", "--ridge", "-1", "-o",
+                         str(tmp_path / "o")], capsys)
+    assert code == 2 and lines == ["error: --ridge must be ≥ 0, got -1.0"]
