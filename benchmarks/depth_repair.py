@@ -36,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
+
 
 #: issue 19's depth goal: compensated perplexity ≤ GOAL × the uncompensated one (same search, same blocks)
 GOAL = 0.6
@@ -44,22 +46,6 @@ GOAL = 0.6
 #: fewest calibration tokens linear accepts (9 × 64 = 576 = SmolLM2's hidden size), 1 window, 10 items
 QUICK = ["--searches", "one-shot", "--calib-samples", "9", "--calib-seq-len", "64", "--ppl-windows", "1",
          "--arc-limit", "10", "--latency-reps", "1"]
-
-
-def latency(model, tokens, reps: int) -> float:
-    """Median forward time in seconds (one warm-up)."""
-    import statistics
-
-    import torch
-
-    with torch.inference_mode():
-        model(input_ids=tokens, use_cache=False)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            model(input_ids=tokens, use_cache=False)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"search": "dense", "compensation": "-", "removed": [], "params": count_parameters(dense).total,
                  "ppl": d_ppl.perplexity, "windows": d_ppl.windows, "arc": d_arc[0] if d_arc else None,
                  "arc_ci": ci(mean_ci(d_arc[1])) if d_arc else None,
-                 "forward_ms": 1000 * latency(dense, x_latency, args.latency_reps)})
+                 "forward_ms": 1000 * forward_latency(dense, x_latency, args.latency_reps)})
     print(f"dense: ppl {d_ppl.perplexity:.2f} over {d_ppl.windows} windows"
           + (f", ARC-Easy {d_arc[0]:.1f}" if d_arc else ""), flush=True)
     cells = [(s, "none") for s in args.searches.split(",")]
@@ -155,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"search": search, "compensation": comp, "removed": res.removed, "search_s": search_s,
                    "params": count_parameters(model).total, "ppl": ppl.perplexity, "windows": ppl.windows,
                    "arc": arc[0] if arc else None, "arc_ci": ci(mean_ci(arc[1])) if arc else None,
-                   "seconds": seconds, "forward_ms": 1000 * latency(model, x_latency, args.latency_reps),
+                   "seconds": seconds, "forward_ms": 1000 * forward_latency(model, x_latency, args.latency_reps),
                    "runs": [to_jsonable(r) for r in rep.runs]}
             if comp == "none":
                 base = (ppl, win, arc, row["forward_ms"])

@@ -70,6 +70,7 @@ import torch  # noqa: E402
 import prunelab  # noqa: E402
 from prunelab.data import load_wikitext2_text  # noqa: E402
 from prunelab.data.calibration import calibration_batch  # noqa: E402
+from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
 from prunelab.evaluate.perplexity import perplexity  # noqa: E402
 from prunelab.models import adapter_for, count_parameters, flops_per_token  # noqa: E402
 from prunelab.prune.adaptive import LOSS_SCALED_CRITERIA, adapt_prune  # noqa: E402
@@ -188,23 +189,12 @@ def peer_comparisons(rows):
 def speedup(dense, pruned, cal) -> None:
     """Measured forward latency ratio next to the FLOP ratio (printed)."""
     x = cal[:1, :128].repeat(4, 1)
-    t_dense, t_pruned = latency(dense, x, 7), latency(pruned, x, 7)
+    t_dense, t_pruned = forward_latency(dense, x, 7), forward_latency(pruned, x, 7)
     f_dense, f_pruned = flops_per_token(dense, 128), flops_per_token(pruned, 128)
     print(f"forward [4×128] median of 7: dense {1000 * t_dense:.1f} ms, 40%-MLP maw {1000 * t_pruned:.1f} ms → "
           f"measured speedup ×{t_dense / t_pruned:.2f}; FLOPs/token (non-embedding + attention) ratio "
           f"{f_pruned / f_dense:.3f} (ideal ×{f_dense / f_pruned:.2f}; the 49k-vocab lm_head is outside the FLOP "
           f"count but inside the measured time)", flush=True)
-
-
-@torch.inference_mode()
-def latency(model, tokens: torch.Tensor, reps: int) -> float:
-    model(input_ids=tokens, use_cache=False)  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        model(input_ids=tokens, use_cache=False)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def peers_available() -> tuple[bool, str]:
@@ -412,7 +402,7 @@ def main() -> None:
                 row["cell"] = cell
                 rep = getattr(out, "repair", None)
                 row["repair_s"] = rep.seconds if rep is not None else 0.0
-                row["forward_ms"] = 1000 * latency(model, latency_x, args.latency_reps)
+                row["forward_ms"] = 1000 * forward_latency(model, latency_x, args.latency_reps)
             rows.append(row)
             return model
 

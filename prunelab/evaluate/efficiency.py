@@ -179,3 +179,18 @@ def measure_efficiency(model, tokenizer=None, new_tokens: int = 128, batch_size:
         latency_ms_per_token=1000.0 * latency / new_tokens, throughput_tok_s=batch_size * new_tokens / batch_time,
         peak_memory_mb=peak, memory_kind=kind, energy_j_per_token=energy, energy_source=source,
         device=str(device), dtype=str(param.dtype).replace("torch.", ""), threads=torch.get_num_threads())
+
+
+@torch.inference_mode()
+def forward_latency(model, input_ids: torch.Tensor, reps: int) -> float:
+    """Median wall time in seconds of one full forward pass over ``input_ids`` (no KV cache), after one warm-up
+    pass (the first call pays for allocation and kernel selection)."""
+    import statistics
+
+    model(input_ids=input_ids, use_cache=False)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        model(input_ids=input_ids, use_cache=False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
