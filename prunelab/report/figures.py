@@ -162,13 +162,21 @@ def rank_sweep(table5: Table | None, path: Path) -> Path | None:
                 capsize=4, label="recovery (pp)")
     ax.errorbar([x * 1.04 for x in rs], [_est(r, "relapse_drop") for r in recs], yerr=derr if dci else None,
                 marker="s", linestyle="--", capsize=4, label="relapse drop (pp)")
-    ax.plot(rs, [r["sweep_score"] for r in recs], marker="^", linestyle=":", color="black", label="sweep score")
+    # the score is a point value on its own scale (its efficiency term grows as FLOPs shrink): a second axis, so it
+    # does not flatten the pp series and their CIs
+    score_ax = ax.twinx()
+    score_ax.plot(rs, [r["sweep_score"] for r in recs], marker="^", linestyle=":", color="black",
+                  label="sweep score (right axis)")
+    score_ax.set_ylabel("sweep score")
     ax.set_xscale("log", base=2)
     ax.set_xticks(rs, [str(r) for r in rs])
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xlabel("LoRA rank r (α = 2r, isodose epochs)")
+    ax.set_ylabel("percentage points")
     ax.set_title("Rank sweep (" + ("95 % CI" if rci or dci else "no per-item data, no CI") + ")", fontsize=10)
-    ax.legend(fontsize=8)
+    lines, labels = ax.get_legend_handles_labels()
+    more, more_labels = score_ax.get_legend_handles_labels()
+    ax.legend(lines + more, labels + more_labels, fontsize=8)
     return _save(fig, path)
 
 
