@@ -26,7 +26,14 @@ Speed (why this is not just lm-eval's loop; measured in ``benchmarks/eval_vs_lme
   ``index_add_``.
 
 Results equal one-request-at-a-time scoring (:func:`loglikelihood_reference`) to float rounding (tested on
-every tiny family); ``with use_engine("reference"):`` switches every caller to that reference.
+every tiny family); ``with use_engine("reference"):`` switches every :func:`loglikelihood_groups` caller (every
+log-likelihood task, hence ``prunelab eval``, the experiment runner, the dichotomy battery) to that reference.
+
+Layers: :func:`encode_requests` (lm-eval's tokenisation and truncation) → :func:`packed_forwards` (trees, rows,
+masks) → a decoder forward → :func:`scored_logprobs` (LM head at the scored positions). The depth objective
+``margin`` (:class:`prunelab.prune.depth_objectives.MarginObjective`) builds its calibration batches with
+:func:`packed_forwards` from its own token sequences and scores them with :func:`scored_logprobs`, its decoder
+being the depth search's cached block evaluator.
 """
 
 from __future__ import annotations
@@ -216,31 +223,47 @@ class _Encoder:
         return enc
 
 
-def _build_trees(tokenizer, groups, limit: int, share_prefix: bool) -> list[_Tree]:
-    flat = [(gi, ci, req) for gi, g in enumerate(groups) for ci, req in enumerate(g)]
-    encoded = _Encoder(tokenizer).pairs([req for _, _, req in flat])
-    per_group: list[list[tuple[int, list[int], list[int]]]] = [[] for _ in groups]
-    for (gi, ci, (_, continuation)), (ctx, cont) in zip(flat, encoded):
-        if not cont:
-            raise PrunelabError(f"continuation {continuation!r} encodes to no tokens")
-        if len(cont) > limit:
-            raise PrunelabError(f"continuation of {len(cont)} tokens exceeds the model's {limit}-token context")
-        if not ctx:
-            raise PrunelabError("a non-empty context encoded to no tokens: nothing conditions the continuation")
-        per_group[gi].append((ci, (ctx + cont)[-(limit + 1):][:-1], cont))  # lm-eval's left truncation
+#: one request's model input: ``(input ids, first, continuation)`` — the output at position ``first`` of the
+#: input predicts ``continuation[0]``, the next ``len(continuation) − 1`` positions the rest
+Request = tuple[list[int], int, list[int]]
+
+
+def encode_requests(tokenizer, groups: Sequence[Sequence[tuple[str, str]]], limit: int) -> list[list[Request]]:
+    """Per group, per ``(context, continuation)``: its :data:`Request` under lm-eval's tokenisation
+    (:func:`encode_pair`) and left truncation ``(context_enc + continuation_enc)[-(limit + 1):][:-1]``."""
+    flat = [req for g in groups for req in g]
+    encoded = iter(_Encoder(tokenizer).pairs(flat))
+    out: list[list[Request]] = []
+    for g in groups:
+        reqs: list[Request] = []
+        for (_, continuation), (ctx, cont) in zip(g, encoded):
+            if not cont:
+                raise PrunelabError(f"continuation {continuation!r} encodes to no tokens")
+            if len(cont) > limit:
+                raise PrunelabError(f"continuation of {len(cont)} tokens exceeds the model's {limit}-token context")
+            if not ctx:
+                raise PrunelabError("a non-empty context encoded to no tokens: nothing conditions the continuation")
+            seq = (ctx + cont)[-(limit + 1):][:-1]  # lm-eval's left truncation
+            reqs.append((seq, len(seq) - len(cont), cont))
+        out.append(reqs)
+    return out
+
+
+def _build_trees(inputs: Sequence[Sequence[Request]], share_prefix: bool) -> list[_Tree]:
     trees: list[_Tree] = []
-    for gi, reqs in enumerate(per_group):
+    for gi, group in enumerate(inputs):
+        reqs = [(ci, list(seq), first, list(cont)) for ci, (seq, first, cont) in enumerate(group)]
         if not share_prefix:
-            trees.extend(_Tree(gi, seq, [[]], [(gi, ci, 0, len(seq) - len(cont), cont)]) for ci, seq, cont in reqs)
+            trees.extend(_Tree(gi, seq, [[]], [(gi, ci, 0, first, cont)]) for ci, seq, first, cont in reqs)
             continue
         distinct: dict[tuple[int, ...], int] = {}
         seqs: list[list[int]] = []
         keyed = []
-        for ci, seq, cont in reqs:  # identical inputs (one-token choices, e.g. BoolQ's yes/no) run once
+        for ci, seq, first, cont in reqs:  # identical inputs (one-token choices, e.g. BoolQ's yes/no) run once
             k = distinct.setdefault(tuple(seq), len(seqs))
             if k == len(seqs):
                 seqs.append(seq)
-            keyed.append((gi, ci, k, len(seq) - len(cont), cont))
+            keyed.append((gi, ci, k, first, cont))
         p = len(seqs[0]) if len(seqs) == 1 else _common_prefix(seqs)
         if p == 0:  # nothing shared (e.g. left-truncated windows): one tree per distinct input
             for k, seq in enumerate(seqs):
@@ -321,6 +344,101 @@ def _attention_masks(model, tree_id: torch.Tensor, branch: torch.Tensor, pos: to
     return additive(allowed)
 
 
+@dataclass
+class PackedForward:
+    """One forward of the packed engine: rows of trees (see module docstring) and what to score in them.
+
+    Built by :func:`packed_forwards`; run by ``model.get_decoder()(input_ids=..., attention_mask=...,
+    position_ids=..., use_cache=False)`` (or any caller reproducing that decoder, e.g. the depth search's
+    :class:`prunelab.prune.block_evaluator.BlockEvaluator`) and scored by :func:`scored_logprobs` on
+    ``hidden.reshape(-1, H)[gather]``."""
+
+    input_ids: torch.Tensor  #: [R, W] token ids
+    #: [R, W] each token's position in its own sequence; None on plain rows (positions 0…, the model's default)
+    position_ids: torch.Tensor | None
+    #: additive 4-D mask [R, 1, W, W] (or ``{layer type: mask}``); None on plain rows (causal attention alone)
+    attention_mask: torch.Tensor | dict[str, torch.Tensor] | None
+    #: [R, W] how many requests' inputs contain each position (0 = padding): per-token statistics over the
+    #: requests (e.g. block influence) weight a shared prefix by the requests that share it
+    weight: torch.Tensor
+    gather: torch.Tensor  #: positions in the flattened [R·W] whose outputs predict a continuation token
+    targets: torch.Tensor  #: the continuation token each gathered position predicts
+    owner: torch.Tensor  #: index into ``requests`` of each gathered position
+    requests: list[tuple[int, int]]  #: ``(group, request)`` of every request scored in this forward
+    finished: int  #: groups whose last tree is in this forward (for progress)
+
+
+def packed_forwards(model, inputs: Sequence[Sequence[Request]], token_budget: int, pad_id: int,
+                    share_prefix: bool = True) -> Iterator[PackedForward]:
+    """The packed forwards (about ``token_budget`` tokens each) that score every :data:`Request` of every group:
+    trees per group (``share_prefix``), bin-packed by ``_pack``, masks by ``_attention_masks``; tensors on the
+    model's device. Lazily, so only one forward's masks exist at a time."""
+    device = _model_device(model)
+    dtype = model.get_output_embeddings().weight.dtype
+    trees = _build_trees(inputs, share_prefix)
+    trees_left = [0] * len(inputs)
+    for t in trees:
+        trees_left[t.group] += 1
+    for plain, rows in _pack(trees, token_budget):
+        w = max(sum(trees[t].size for t in row) for row in rows)  # trim the forward to its fullest row
+        ids = torch.full((len(rows), w), pad_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), w), dtype=torch.long)
+        tree_id = torch.full((len(rows), w), -1, dtype=torch.long)  # padding: a tree of its own
+        branch = torch.zeros((len(rows), w), dtype=torch.long)
+        weight = torch.zeros((len(rows), w), dtype=torch.long)
+        gather, targets, owner, done = [], [], [], []
+        n_tree = 0
+        for r, row in enumerate(rows):
+            col = 0
+            for t in row:
+                tree = trees[t]
+                p = len(tree.prefix)
+                ids[r, col:col + p] = torch.tensor(tree.prefix)
+                pos[r, col:col + p] = torch.arange(p)
+                weight[r, col:col + p] = len(tree.reqs)  # every request's input starts with the prefix
+                c = col + p
+                for b, suffix in enumerate(tree.branches):
+                    if suffix:
+                        ids[r, c:c + len(suffix)] = torch.tensor(suffix)
+                        pos[r, c:c + len(suffix)] = torch.arange(p, p + len(suffix))
+                        branch[r, c:c + len(suffix)] = b + 1
+                        weight[r, c:c + len(suffix)] = sum(1 for req in tree.reqs if req[2] == b)
+                        c += len(suffix)
+                tree_id[r, col:c] = n_tree
+                n_tree += 1
+                base = r * w + col
+                for gi, ci, b, first, cont in tree.reqs:
+                    gather.extend(base + tree.node(b, q) for q in range(first, first + len(cont)))
+                    targets.extend(cont)
+                    owner.extend([len(done)] * len(cont))
+                    done.append((gi, ci))
+                col = c
+        finished = 0
+        for row in rows:
+            for t in row:
+                trees_left[trees[t].group] -= 1
+                finished += trees_left[trees[t].group] == 0
+        if plain:  # one sequence per row from position 0, right padding: causal attention needs no mask
+            position_ids, masks = None, None
+        else:
+            position_ids = pos.to(device)
+            masks = _attention_masks(model, tree_id.to(device), branch.to(device), position_ids, dtype)
+        yield PackedForward(ids.to(device), position_ids, masks, weight.to(device),
+                            torch.tensor(gather, device=device), torch.tensor(targets, device=device),
+                            torch.tensor(owner, device=device), done, finished)
+
+
+def scored_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(target), target ≠ argmax)`` per row of ``hidden`` [N, H] (decoder outputs at the scored
+    positions): the LM head and an fp32 log-softmax in ``HEAD_CHUNK``-row chunks (bounds the [N, vocab] buffer)."""
+    logp, miss = [], []
+    for s in range(0, hidden.shape[0], HEAD_CHUNK):
+        lp = F.log_softmax(lm_head_logits(model, hidden[s:s + HEAD_CHUNK]).float(), dim=-1)
+        logp.append(lp.gather(1, targets[s:s + HEAD_CHUNK, None]).squeeze(1))
+        miss.append(lp.argmax(-1) != targets[s:s + HEAD_CHUNK])
+    return torch.cat(logp), torch.cat(miss)
+
+
 @torch.inference_mode()
 def loglikelihood_groups(model, tokenizer, groups: Sequence[Sequence[tuple[str, str]]], batch_size: int = 8,
                          share_prefix: bool = True,
@@ -340,73 +458,21 @@ def loglikelihood_groups(model, tokenizer, groups: Sequence[Sequence[tuple[str, 
             if progress:
                 progress(1)
         return out_ref
-    device = _model_device(model)
-    limit = max_length(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix_token_id(tokenizer)
     decoder = model.get_decoder()
-    dtype = model.get_output_embeddings().weight.dtype
-    trees = _build_trees(tokenizer, groups, limit, share_prefix)
+    inputs = encode_requests(tokenizer, groups, max_length(model, tokenizer))
     out: list[list[tuple[float, bool] | None]] = [[None] * len(g) for g in groups]
-    trees_left = [0] * len(groups)
-    for t in trees:
-        trees_left[t.group] += 1
-
-    for plain, rows in _pack(trees, batch_size * ROW_TOKENS):
-        w = max(sum(trees[t].size for t in row) for row in rows)  # trim the forward to its fullest row
-        ids = torch.full((len(rows), w), pad_id, dtype=torch.long)
-        pos = torch.zeros((len(rows), w), dtype=torch.long)
-        tree_id = torch.full((len(rows), w), -1, dtype=torch.long)  # padding: a tree of its own
-        branch = torch.zeros((len(rows), w), dtype=torch.long)
-        gather, targets, owner, done = [], [], [], []
-        n_tree = 0
-        for r, row in enumerate(rows):
-            col = 0
-            for t in row:
-                tree = trees[t]
-                p = len(tree.prefix)
-                ids[r, col:col + p] = torch.tensor(tree.prefix)
-                pos[r, col:col + p] = torch.arange(p)
-                c = col + p
-                for b, suffix in enumerate(tree.branches):
-                    if suffix:
-                        ids[r, c:c + len(suffix)] = torch.tensor(suffix)
-                        pos[r, c:c + len(suffix)] = torch.arange(p, p + len(suffix))
-                        branch[r, c:c + len(suffix)] = b + 1
-                        c += len(suffix)
-                tree_id[r, col:c] = n_tree
-                n_tree += 1
-                base = r * w + col
-                for gi, ci, b, first, cont in tree.reqs:
-                    gather.extend(base + tree.node(b, q) for q in range(first, first + len(cont)))
-                    targets.extend(cont)
-                    owner.extend([len(done)] * len(cont))
-                    done.append((gi, ci))
-                col = c
-        if plain:  # one sequence per row from position 0, right padding: causal attention needs no mask
-            hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
-        else:
-            masks = _attention_masks(model, tree_id.to(device), branch.to(device), pos.to(device), dtype)
-            hidden = decoder(input_ids=ids.to(device), attention_mask=masks, position_ids=pos.to(device),
-                             use_cache=False).last_hidden_state
-        hidden = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(gather, device=device)]
-        tgt = torch.tensor(targets, device=device)
-        logp, miss = [], []
-        for s in range(0, len(gather), HEAD_CHUNK):  # the LM head only at the scored positions
-            lp = F.log_softmax(lm_head_logits(model, hidden[s:s + HEAD_CHUNK]).float(), dim=-1)
-            logp.append(lp.gather(1, tgt[s:s + HEAD_CHUNK, None]).squeeze(1))
-            miss.append(lp.argmax(-1) != tgt[s:s + HEAD_CHUNK])
-        own = torch.tensor(owner, device=device)
-        ll = torch.zeros(len(done), dtype=torch.float32, device=device).index_add_(0, own, torch.cat(logp))
-        misses = torch.zeros(len(done), dtype=torch.long, device=device).index_add_(0, own, torch.cat(miss).long())
-        finished = 0
-        for (gi, ci), value, m in zip(done, ll.tolist(), misses.tolist()):
+    for fwd in packed_forwards(model, inputs, batch_size * ROW_TOKENS, pad_id, share_prefix):
+        hidden = decoder(input_ids=fwd.input_ids, attention_mask=fwd.attention_mask, position_ids=fwd.position_ids,
+                         use_cache=False).last_hidden_state
+        logp, miss = scored_logprobs(model, hidden.reshape(-1, hidden.shape[-1])[fwd.gather], fwd.targets)
+        n = len(fwd.requests)
+        ll = torch.zeros(n, dtype=torch.float32, device=logp.device).index_add_(0, fwd.owner, logp)
+        misses = torch.zeros(n, dtype=torch.long, device=logp.device).index_add_(0, fwd.owner, miss.long())
+        for (gi, ci), value, m in zip(fwd.requests, ll.tolist(), misses.tolist()):
             out[gi][ci] = (value, m == 0)
-        for row in rows:
-            for t in row:
-                trees_left[trees[t].group] -= 1
-                finished += trees_left[trees[t].group] == 0
-        if progress and finished:
-            progress(finished)
+        if progress and fwd.finished:
+            progress(fwd.finished)
     return out  # type: ignore[return-value]
 
 

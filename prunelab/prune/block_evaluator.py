@@ -126,7 +126,7 @@ class BlockEvaluator:
             for b in self.objective.batches:
                 current.clear()
                 self.adapter.decoder(self.model)(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                                 use_cache=False)
+                                                 position_ids=b.position_ids, use_cache=False)
                 self._kwargs.append([current[i][1] for i in range(n)])
                 for i in range(n):
                     inputs[i].append(current[i][0])
@@ -196,8 +196,8 @@ class BlockEvaluator:
     def _naive_normed(self, s: frozenset[int]) -> list[torch.Tensor]:
         dec = self.adapter.decoder(self.model)
         with blocks_removed(self.model, s):
-            outs = [dec(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
-                    for b in self.objective.batches]
+            outs = [dec(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                        use_cache=False).last_hidden_state for b in self.objective.batches]
         self.blocks_run += self.n_blocks - len(s)
         return outs
 
@@ -365,17 +365,19 @@ class BlockEvaluator:
     @torch.inference_mode()
     def block_influence(self) -> list[float]:
         """ShortGPT block influence ``BI_i = 1 − E_t[cos(x_i,t, x_{i+1},t)]`` (input vs output of block i,
-        averaged over real calibration tokens), from one dense forward pass."""
+        averaged over real calibration tokens — a position shared by several calibration sequences, e.g. the
+        margin objective's packed context of an item's choices, counts once per sequence), from one dense forward
+        pass."""
         if self._influence is None:
             self._capture()
             bi = []
             for i in range(self.n_blocks):
                 num, den = 0.0, 0
                 for b, (x, y) in enumerate(zip(self._dense[i], self._dense[i + 1])):
-                    m = self.objective.token_mask(self.objective.batches[b]).to(x.device)
+                    w = self.objective.token_weight(self.objective.batches[b]).to(x.device)
                     cos = nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
-                    num += float(cos[m].double().sum())
-                    den += int(m.sum())
+                    num += float((cos.double() * w).sum())
+                    den += int(w.sum())
                 bi.append(1.0 - num / den)
             self._influence = bi
         return list(self._influence)

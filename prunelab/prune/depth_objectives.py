@@ -8,7 +8,9 @@ A candidate is a set ``S`` of removed blocks; its value is ``L(D; θ ⊙ m_S)`` 
 * ``margin`` — task likelihood margin on multiple-choice items (Wee et al., 2025): per item, with the
   length-normalised log-likelihood ``ℓ(c) = (1/|c|) Σ_{t∈c} log p(c_t | context, c_<t)`` of each choice,
   ``margin = max_{c≠y} ℓ(c) − ℓ(y)``; ``L`` = mean margin (more negative = better). ``|c|`` is counted in
-  tokens.
+  tokens. Its batches are forwards of the evaluation engine (:func:`prunelab.evaluate.loglik.packed_forwards`:
+  an item's choices share one pass over the context, several items per row, the LM head only on choice tokens),
+  so a candidate costs the context's tokens once per item, not once per choice.
 
 An objective owns its calibration ``batches`` and reduces the final normed hidden states of those batches to
 ``L``; :class:`prunelab.prune.block_evaluator.BlockEvaluator` produces the hidden states. The default calibration
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,11 +59,17 @@ def _token_logprobs(model: nn.Module, normed: torch.Tensor, targets: torch.Tenso
 
 @dataclass
 class Batch:
-    """One forward batch of the calibration set (right-padded) plus objective-specific bookkeeping."""
+    """One forward batch of the calibration set plus objective-specific bookkeeping.
+
+    Right-padded rows (``attention_mask`` 2-D or None), or packed rows of the evaluation engine: ``attention_mask``
+    an additive 4-D mask (or ``{layer type: mask}``), ``position_ids`` each token's position in its own sequence,
+    ``weight`` how many calibration sequences contain each position (0 = padding)."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor | None = None
-    meta: list = field(default_factory=list)
+    attention_mask: torch.Tensor | dict[str, torch.Tensor] | None = None
+    meta: Any = field(default_factory=list)
+    position_ids: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
 
 class Objective:
@@ -80,11 +89,13 @@ class Objective:
         """A cheap ``B ≤ reduce(model, normed)``, or None when the objective has none."""
         return None
 
-    def token_mask(self, batch: Batch) -> torch.Tensor:
-        """Which positions are real tokens (for block-influence averaging)."""
+    def token_weight(self, batch: Batch) -> torch.Tensor:
+        """Per position, how many calibration tokens it stands for (0 = padding; for block-influence averaging)."""
+        if batch.weight is not None:
+            return batch.weight
         if batch.attention_mask is None:
-            return torch.ones_like(batch.input_ids, dtype=torch.bool)
-        return batch.attention_mask.bool()
+            return torch.ones_like(batch.input_ids)
+        return batch.attention_mask.long()
 
 
 class PerplexityObjective(Objective):
@@ -156,17 +167,26 @@ class PerplexityObjective(Objective):
 
 
 class MarginObjective(Objective):
-    """Mean task likelihood margin ``max_{c≠y} ℓ(c) − ℓ(y)`` (token-length-normalised ℓ) over MC items."""
+    """Mean task likelihood margin ``max_{c≠y} ℓ(c) − ℓ(y)`` (token-length-normalised ℓ) over MC items.
+
+    A choice's sequence is ``ids = (ctx + cont)[-max_len:]`` (context and choice tokenised separately, no special
+    tokens); ``ℓ`` averages ``log p`` over its choice tokens ``ids[start:]``, ``start = max(1, len(ids) − |cont|)``
+    (a continuation needs ≥ 1 token of context). Scored on packed forwards of about ``batch_size × 256`` tokens
+    (:func:`prunelab.evaluate.loglik.packed_forwards`; same values as one padded row per sequence)."""
 
     name = "margin"
 
-    def __init__(self, tokenizer, items: Sequence, batch_size: int = 16, max_len: int = 256) -> None:
+    def __init__(self, model: nn.Module, tokenizer, items: Sequence, batch_size: int = 16,
+                 max_len: int = 256) -> None:
+        from prunelab.evaluate import loglik
+
         items = [it for it in items if len(it.choices) >= 2]
         if not items:
             raise PrunelabError("margin objective needs at least one multiple-choice item with ≥ 2 choices")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        seqs = []  # (item_idx, choice_idx, ids, cont_start)
-        for i, it in enumerate(items):
+        inputs = []  # per item, per choice: (ids, first, choice tokens) — the engine's Request
+        for it in items:
+            reqs = []
             for c, choice in enumerate(it.choices):
                 ctx_text = it.contexts[c] if it.contexts else it.context
                 ctx = tokenizer(ctx_text, add_special_tokens=False)["input_ids"]
@@ -174,39 +194,29 @@ class MarginObjective(Objective):
                 if not cont:
                     raise PrunelabError(f"MC item {it.id}: choice {c} tokenises to nothing")
                 ids = (ctx + cont)[-max_len:]
-                start = max(1, len(ids) - len(cont))  # a continuation needs ≥ 1 token of context
-                seqs.append((i, c, ids, start))
+                start = max(1, len(ids) - len(cont))
+                # the whole sequence runs (its last token's output is unused), as one row per sequence ran it
+                # before: the block influence over these tokens is unchanged
+                reqs.append((ids, start - 1, ids[start:]))
+            inputs.append(reqs)
         self.items = items
-        self.batches = []
-        for s in range(0, len(seqs), batch_size):
-            chunk = seqs[s : s + batch_size]
-            width = max(len(x[2]) for x in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (_, _, seq, _) in enumerate(chunk):
-                ids[r, : len(seq)] = torch.tensor(seq)
-                mask[r, : len(seq)] = 1
-            meta = [(i, c, r, st, len(seq)) for r, (i, c, seq, st) in enumerate(chunk)]
-            self.batches.append(Batch(ids, mask, meta))
+        self.batches = [Batch(f.input_ids, f.attention_mask, f, position_ids=f.position_ids, weight=f.weight)
+                        for f in loglik.packed_forwards(model, inputs, batch_size * loglik.ROW_TOKENS, pad)]
 
     def choice_loglik(self, model, normed) -> list[list[float]]:
         """``ℓ[item][choice]``: mean log-probability of the choice tokens given the context."""
+        from prunelab.evaluate.loglik import scored_logprobs
+
         ll: list[list[float]] = [[math.nan] * len(it.choices) for it in self.items]
         for b, h in zip(self.batches, normed):
-            rows, pos, tgt, owner = [], [], [], []
-            for (i, c, r, st, end) in b.meta:
-                p = torch.arange(st - 1, end - 1)  # logits at p predict token p + 1
-                rows.append(torch.full_like(p, r))
-                pos.append(p)
-                tgt.append(b.input_ids[r, st:end])
-                owner.extend([(i, c)] * len(p))
-            rows_t, pos_t = torch.cat(rows), torch.cat(pos)
-            lp = _token_logprobs(model, h[rows_t, pos_t], torch.cat(tgt)).double()
-            k = 0
-            for (i, c, r, st, end) in b.meta:
-                n = end - st
-                ll[i][c] = float(lp[k : k + n].mean())
-                k += n
+            f = b.meta
+            lp, _ = scored_logprobs(model, h.reshape(-1, h.shape[-1])[f.gather], f.targets)
+            n = len(f.requests)
+            total = torch.zeros(n, dtype=torch.float64, device=lp.device).index_add_(0, f.owner, lp.double())
+            count = torch.zeros(n, dtype=torch.long, device=lp.device).index_add_(0, f.owner,
+                                                                                  torch.ones_like(f.owner))
+            for (i, c), t, k in zip(f.requests, total.tolist(), count.tolist()):
+                ll[i][c] = t / k
         return ll
 
     def reduce(self, model, normed):
@@ -237,7 +247,7 @@ def _margin_objective(model, tokenizer, calibration=None, n_samples: int = 64, s
         calibration = load_mc_calibration(mc_source, n_samples, seed)
     if isinstance(calibration, torch.Tensor) or not isinstance(calibration, (list, tuple)):
         raise PrunelabError("margin objective expects a list of multiple-choice items as calibration")
-    return MarginObjective(tokenizer, calibration, batch_size=batch_size, max_len=max_len)
+    return MarginObjective(model, tokenizer, calibration, batch_size=batch_size, max_len=max_len)
 
 
 #: name -> factory(model, tokenizer, calibration=None, n_samples, seq_len, seed, ...) -> Objective

@@ -84,12 +84,14 @@ def test_progress_counts_every_group_once():
     assert sum(seen) == len(groups)
 
 
-def test_truncation_matches_lm_eval_hflm():
-    """An item longer than the context window is left-truncated exactly as lm-eval's HFLM truncates it."""
+@pytest.mark.parametrize("fam", TINY_FAMILIES)
+def test_truncation_matches_lm_eval_hflm(fam):
+    """An item longer than the context window is left-truncated exactly as lm-eval's HFLM truncates it, on every
+    family (Gemma2's 16-token sliding window inside the 48-token one), packed beside an item that fits."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    model, tok = tiny_model("llama", max_position_embeddings=48, seed=4), tiny_tokenizer()
+    model, tok = tiny_model(fam, max_position_embeddings=48, seed=4), tiny_tokenizer()
     long_ctx = "a very long context that overflows the small window of the model " * 2
     requests = [(long_ctx, " yes"), (long_ctx, " no thanks"), ("short one", " fits"), (long_ctx + "x", " z")]
     assert all(len(tok.encode(c + x)) > 48 for c, x in requests if c != "short one")
