@@ -34,7 +34,7 @@ def correlate(x, y):
     """Pearson (r, p, n), or (None, None, n) with the reason printed when it is undefined (a constant series)."""
     try:
         c = pearson(x, y)
-        return c.r, c.p, c.n
+        return c.statistic, c.pvalue, c.n
     except PrunelabError as exc:
         print(f"note: {exc}", file=sys.stderr)
         return None, None, sum(a is not None and b is not None for a, b in zip(x, y))
