@@ -119,17 +119,18 @@ def longitudinal_decline(accuracies: Sequence[float]) -> float:
     return values[0] - values[-1]
 
 
+def sweep_score_terms(recovery_pp: float, efficiency_per_pflop: float, relapse_drop_pp: float) -> tuple[float, float, float]:
+    """The three weighted terms of :func:`sweep_score`: ``(0.4·recovery, 0.1·efficiency, −0.4·relapse_drop)``."""
+    return (0.4 * _finite("recovery", recovery_pp), 0.1 * _finite("efficiency", efficiency_per_pflop),
+            -0.4 * _finite("relapse drop", relapse_drop_pp))
+
+
 def sweep_score(recovery_pp: float, efficiency_per_pflop: float, relapse_drop_pp: float) -> float:
     """Rank-sweep composite score: ``score = 0.4·recovery + 0.1·efficiency − 0.4·relapse_drop + 4``.
 
     Reverse-engineered from the study's Table 5, which it reproduces for every row to the printed 2 decimals.
     """
-    return (
-        0.4 * _finite("recovery", recovery_pp)
-        + 0.1 * _finite("efficiency", efficiency_per_pflop)
-        - 0.4 * _finite("relapse drop", relapse_drop_pp)
-        + 4.0
-    )
+    return sum(sweep_score_terms(recovery_pp, efficiency_per_pflop, relapse_drop_pp)) + 4.0
 
 
 @dataclass(frozen=True)

@@ -215,10 +215,9 @@ class ExperimentSpec(_Strict):
         out = []
         for i, part in enumerate(self.parts):
             merged = {**top, **part.model_dump(include=part.model_fields_set - {"name"})}
-            if "mechanisms" in part.model_fields_set or "rank_sweep" in part.model_fields_set:
-                # the top level's mechanisms already hold its own sweep arms: a part re-derives them
-                if "mechanisms" not in part.model_fields_set:
-                    merged["mechanisms"] = [m for m in top["mechanisms"] if not m["sweep"]]
+            if "rank_sweep" in part.model_fields_set and "mechanisms" not in part.model_fields_set:
+                # the top level's mechanisms already hold its own sweep arms: a part with its own sweep re-derives them
+                merged["mechanisms"] = [m for m in top["mechanisms"] if not m["sweep"]]
             try:
                 out.append(ExperimentSpec.model_validate(merged))
             except ValidationError as exc:

@@ -561,10 +561,9 @@ def table5(data: Data) -> Table | Omitted:
                      "vs_rank1": vs.as_dict() if isinstance(vs, DiffCell) else vs})
     notes = ["Sweep score = 0.4·recovery + 0.1·efficiency − 0.4·relapse_drop + 4, from the means over seeds (a "
              "point score, no CI); 'Recovery vs Rank 1' = recovery − the top-ranked arm's recovery, item by item."]
-    terms = [(abs(0.1 * e.efficiency.summary["mean"]),
-              abs(0.4 * e.recovery.summary["mean"]) + abs(0.4 * e.relapse_drop.summary["mean"]))
-             for _, _, e, _, _ in scored]
-    if all(eff > rest for eff, rest in terms):
+    terms = [M.sweep_score_terms(e.recovery.summary["mean"], e.efficiency.summary["mean"],
+                                 e.relapse_drop.summary["mean"]) for _, _, e, _, _ in scored]
+    if all(abs(eff) > abs(rec) + abs(rel) for rec, eff, rel in terms):
         # efficiency is recovery per PetaFLOP: at a budget far below the study's it is large and ranks the arms by
         # 1 / FLOPs, whatever they recover; say so, and give the ranking by recovery beside it
         by_recovery = sorted(scored, key=lambda t: -t[2].recovery.summary["mean"])
