@@ -18,7 +18,8 @@ def eval_cmd(
     limit: int = typer.Option(None, "--limit", "-n", help="Items per task (seeded sample); windows for wikitext2/c4."),
     seed: int = typer.Option(0, "--seed", help="Seed of the item sample."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Items per forward pass."),
-    backend: str = typer.Option("prunelab", "--backend", help="prunelab (fast, built in) or lm-eval (the harness, local data)."),
+    backend: str = typer.Option("prunelab", "--backend", help="prunelab (fast, built in) or lm-eval (the harness's tasks, prompts and metrics on the local data; its log-likelihood requests on prunelab's packed engine unless --lm-eval-engine hflm)."),
+    lmeval_engine: str = typer.Option("packed", "--lm-eval-engine", help="With --backend lm-eval: packed (log-likelihood requests on prunelab's packed engine) or hflm (lm-eval's own HFLM scoring)."),
     protocol: str = typer.Option("auto", "--protocol", help="Prompt protocol of arc_easy_gen / lambada_gen / composite: raw, chat (the tokenizer's chat template) or auto (chat iff the model has one)."),
     json_out: Path = JsonOpt,
     overwrite: bool = OverwriteOpt,
@@ -34,6 +35,10 @@ def eval_cmd(
         raise PrunelabError(f"--batch-size must be positive, got {batch_size}")
     if backend not in ("prunelab", "lm-eval"):
         raise PrunelabError(f"unknown backend '{backend}'; known: prunelab, lm-eval")
+    from prunelab.evaluate.lmeval_bridge import ENGINES
+
+    if lmeval_engine not in ENGINES:
+        raise PrunelabError(f"unknown --lm-eval-engine '{lmeval_engine}'; known: {', '.join(ENGINES)}")
     from prunelab.evaluate.generative_tasks import check_protocol
 
     check_protocol(protocol)
@@ -64,9 +69,10 @@ def eval_cmd(
 
         if set(names) & protocol_tasks():
             resolve_protocol(lm.tokenizer, protocol)
-    report = _run(lm, names, limit, seed, batch_size, backend, protocol)
+    report = _run(lm, names, limit, seed, batch_size, backend, protocol, lmeval_engine)
     used = getattr(report, "protocol", None)
     table = Table(title=f"{lm.source} — limit {limit if limit is not None else 'all'}, seed {seed} ({backend}"
+                        + (f", engine {lmeval_engine}" if backend == "lm-eval" else "")
                         + (f", protocol {used}" if used else "") + ")")
     for col in ("task", "score", "metrics", "n", "seconds"):
         table.add_column(col, justify="left" if col in ("task", "metrics") else "right")
@@ -74,17 +80,19 @@ def eval_cmd(
         others = ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items() if k != r.primary and "stderr" not in k)
         table.add_row(name, f"{r.primary} {r.score:.2f}", others, str(r.n), f"{r.seconds:.1f}")
     console.print(table)
-    emit_json({"model": lm.source, "backend": backend, **_jsonable(report)}, json_out)
+    emit_json({"model": lm.source, "backend": backend,
+               **({"lm_eval_engine": lmeval_engine} if backend == "lm-eval" else {}), **_jsonable(report)}, json_out)
 
 
-def _run(lm, names, limit, seed, batch_size, backend, protocol="auto"):
+def _run(lm, names, limit, seed, batch_size, backend, protocol="auto", lmeval_engine="packed"):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if backend == "lm-eval":
         from prunelab.evaluate.lmeval_bridge import lmeval_evaluate
 
-        with err_console.status(f"lm-eval: {', '.join(names)} ..."):
-            return lmeval_evaluate(lm.model, lm.tokenizer, names, limit=limit, seed=seed, batch_size=batch_size)
+        with err_console.status(f"lm-eval ({lmeval_engine}): {', '.join(names)} ..."):
+            return lmeval_evaluate(lm.model, lm.tokenizer, names, limit=limit, seed=seed, batch_size=batch_size,
+                                   engine=lmeval_engine)
     from prunelab.evaluate import evaluate
 
     bars: dict[str, int] = {}

@@ -1,10 +1,14 @@
 """Bridge to lm-evaluation-harness: run its tasks on a prunelab-loaded model against the LOCAL data files.
 
-The model (uniform or per-layer pruned — any ``nn.Module`` HF causal LM) is wrapped as
-``lm_eval.models.huggingface.HFLM(pretrained=model, tokenizer=tokenizer)``. Tasks are lm-eval's own YAML
-configs (``include:`` of the installed file, so prompts, choices and metrics are lm-eval's) with only the
-dataset re-pointed at the shared JSON-lines copies (``dataset_path: json`` + ``data_files``); where the local
-copy has a different layout than the hub dataset (HellaSwag already preprocessed, WinoGrande already in
+The model (uniform or per-layer pruned — any ``nn.Module`` HF causal LM) is wrapped, with ``engine="packed"``
+(default), as :class:`prunelab.evaluate.lmeval_engine.PackedHFLM`: lm-eval's ``HFLM`` whose log-likelihood
+requests run on prunelab's packed engine (:func:`prunelab.evaluate.loglik.loglikelihood_groups`, HFLM's
+tokenisation and truncation), so the bridge is one more caller of that engine while tasks, prompts and metrics
+stay lm-eval's; with ``engine="hflm"`` it is plain ``lm_eval.models.huggingface.HFLM(pretrained=model,
+tokenizer=tokenizer)`` (lm-eval's own scoring, the baseline the engine is checked against). Tasks are lm-eval's
+own YAML configs (``include:`` of the installed file, so prompts, choices and metrics are lm-eval's) with only
+the dataset re-pointed at the shared JSON-lines copies (``dataset_path: json`` + ``data_files``); where the
+local copy has a different layout than the hub dataset (HellaSwag already preprocessed, WinoGrande already in
 partial-scoring form, BoolQ's ``answer`` field, MMLU's subjects in one file) a small override or a
 self-contained config maps it. The configs are written to a temporary directory for lm-eval's
 ``TaskManager(include_path=...)``; nothing is downloaded.
@@ -154,12 +158,17 @@ def item_ids(name: str, indices: list[int]) -> list[str]:
     return [items[i].id for i in indices]
 
 
-def lmeval_evaluate(model, tokenizer, tasks: list[str] | str, limit: int | None = None, seed: int = 0,
-                    batch_size: int = 8, log_samples: bool = True):
-    """Run ``tasks`` through lm-eval (``HFLM`` over ``model``); returns an :class:`EvalReport`.
+ENGINES = ("packed", "hflm")
 
-    Each ``TaskResult`` holds lm-eval's metrics in percent (perplexity raw), the prunelab item ids, and
-    (``details["loglikelihoods"]``) lm-eval's per-item per-choice log-likelihoods.
+
+def lmeval_evaluate(model, tokenizer, tasks: list[str] | str, limit: int | None = None, seed: int = 0,
+                    batch_size: int = 8, log_samples: bool = True, engine: str = "packed"):
+    """Run ``tasks`` through lm-eval over ``model``; returns an :class:`EvalReport`.
+
+    ``engine``: ``packed`` (:class:`~prunelab.evaluate.lmeval_engine.PackedHFLM`: log-likelihood requests on
+    prunelab's packed engine, ``batch_size`` its rows) or ``hflm`` (plain ``HFLM``, ``batch_size`` requests per
+    forward). Each ``TaskResult`` holds lm-eval's metrics in percent (perplexity raw), the prunelab item ids,
+    and (``details["loglikelihoods"]``) lm-eval's per-item per-choice log-likelihoods.
     """
     from prunelab.evaluate import EvalReport
 
@@ -173,7 +182,13 @@ def lmeval_evaluate(model, tokenizer, tasks: list[str] | str, limit: int | None 
         raise PrunelabError(f"limit must be a positive number of items, got {limit}")
     if batch_size <= 0:
         raise PrunelabError(f"batch size must be positive, got {batch_size}")
+    if engine not in ENGINES:
+        raise PrunelabError(f"unknown lm-eval bridge engine '{engine}'; known: {', '.join(ENGINES)}")
     lm_eval, HFLM, TaskManager = _lm_eval()
+    if engine == "packed":
+        from prunelab.evaluate.lmeval_engine import PackedHFLM
+
+        HFLM = PackedHFLM  # noqa: N806 - the same constructor, log-likelihood requests on the packed engine
     indices = {n: sample_indices(n, limit, seed) for n in names}
     logging.getLogger("lm-eval").setLevel(logging.ERROR)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -211,6 +226,8 @@ def lmeval_evaluate(model, tokenizer, tasks: list[str] | str, limit: int | None 
     return report
 
 
-def commonsense_suite(model, tokenizer, limit: int | None = None, seed: int = 0, batch_size: int = 8):
+def commonsense_suite(model, tokenizer, limit: int | None = None, seed: int = 0, batch_size: int = 8,
+                      engine: str = "packed"):
     """ARC-e/c, HellaSwag, PIQA, BoolQ, WinoGrande through lm-eval on the local data (see module docstring)."""
-    return lmeval_evaluate(model, tokenizer, COMMONSENSE, limit=limit, seed=seed, batch_size=batch_size)
+    return lmeval_evaluate(model, tokenizer, COMMONSENSE, limit=limit, seed=seed, batch_size=batch_size,
+                           engine=engine)

@@ -80,3 +80,23 @@ def test_malformed_data_row_names_file_and_line(saved_tiny, tmp_path):
 def test_lmeval_backend_unknown_task(saved_tiny):
     code, lines = _run("eval", str(saved_tiny), "--backend", "lm-eval", "--tasks", "mmlu_5shot")
     assert code == 2 and "unknown lm-eval bridge task 'mmlu_5shot'" in lines[0] and "arc_easy" in lines[0]
+
+
+def test_lmeval_backend_engines(saved_tiny, tmp_path):
+    """``--backend lm-eval`` runs on the packed engine by default; ``--lm-eval-engine hflm`` on lm-eval's HFLM,
+    with the same per-item log-likelihoods; a bad engine is one line."""
+    out = {}
+    for engine in (None, "hflm"):
+        path = tmp_path / f"{engine}.json"
+        extra = ["--lm-eval-engine", engine] if engine else []
+        res = runner.invoke(app, ["eval", str(saved_tiny), "--backend", "lm-eval", "--tasks", "arc_easy", "--limit",
+                                  "2", "--json", str(path), *extra])
+        assert res.exit_code == 0, res.output
+        out[engine] = json.loads(path.read_text())
+    assert out[None]["lm_eval_engine"] == "packed" and out["hflm"]["lm_eval_engine"] == "hflm"
+    a, b = (out[e]["results"]["arc_easy"] for e in (None, "hflm"))
+    assert a["item_ids"] == b["item_ids"] and a["metrics"] == b["metrics"]
+    for u, v in zip(a["details"]["loglikelihoods"], b["details"]["loglikelihoods"], strict=True):
+        assert u == pytest.approx(v, abs=1e-4, rel=1e-6)
+    code, lines = _run("eval", str(saved_tiny), "--backend", "lm-eval", "--lm-eval-engine", "vllm")
+    assert code == 2 and len(lines) == 1 and "unknown --lm-eval-engine 'vllm'; known: packed, hflm" in lines[0]

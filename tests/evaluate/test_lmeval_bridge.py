@@ -1,4 +1,5 @@
-"""prunelab's own scoring equals lm-evaluation-harness's on the same items and model (through the bridge)."""
+"""prunelab's own scoring equals lm-evaluation-harness's on the same items and model (through the bridge), and
+the bridge's packed engine (``PackedHFLM``) equals lm-eval's own ``HFLM`` scoring item for item."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from prunelab.evaluate import evaluate
+from prunelab.errors import PrunelabError
+from prunelab.evaluate import evaluate, loglik
 from prunelab.evaluate.lmeval_bridge import BRIDGE_TASKS, lmeval_evaluate, sample_indices
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -21,7 +23,7 @@ def model():
 def test_prunelab_equals_lm_eval(model, names):
     tok = tiny_tokenizer()
     ours = evaluate(model, tok, names, limit=8, seed=5, batch_size=4)
-    theirs = lmeval_evaluate(model, tok, names, limit=8, seed=5, batch_size=4)
+    theirs = lmeval_evaluate(model, tok, names, limit=8, seed=5, batch_size=4, engine="hflm")
     for name in names:
         a, b = ours.results[name], theirs.results[name]
         assert a.item_ids == b.item_ids and b.n == 8
@@ -59,16 +61,21 @@ def test_bridge_runs_a_per_layer_pruned_model():
     remove_layers(model, [3])
     tok = tiny_tokenizer()
     ours = evaluate(model, tok, ["piqa"], limit=5, seed=0).results["piqa"]
-    theirs = lmeval_evaluate(model, tok, ["piqa"], limit=5, seed=0).results["piqa"]
+    theirs = lmeval_evaluate(model, tok, ["piqa"], limit=5, seed=0, engine="hflm").results["piqa"]
     assert ours.metrics["acc"] == theirs.metrics["acc"] and ours.metrics["acc_norm"] == theirs.metrics["acc_norm"]
     assert ours.item_ids == theirs.item_ids
 
 
 @pytest.fixture(scope="module")
-def battery_lmeval(model):
-    from prunelab.evaluate.lmeval_bridge import COMMONSENSE
+def hflm_all(model):
+    """Every bridge task (all log-likelihood requests) through lm-eval's own ``HFLM``: 6 items, seed 3."""
+    return lmeval_evaluate(model, tiny_tokenizer(), list(BRIDGE_TASKS), limit=6, seed=3, batch_size=8,
+                           engine="hflm")
 
-    return lmeval_evaluate(model, tiny_tokenizer(), COMMONSENSE, limit=6, seed=3, batch_size=8)
+
+@pytest.fixture(scope="module")
+def battery_lmeval(hflm_all):
+    return hflm_all
 
 
 @pytest.mark.parametrize("engine", ["packed", "reference"])
@@ -95,8 +102,8 @@ def _assert_item_for_item(ours, theirs, names, n):
 
 
 @pytest.fixture(scope="module")
-def mmlu_lmeval(model):
-    return lmeval_evaluate(model, tiny_tokenizer(), ["mmlu"], limit=6, seed=3, batch_size=8)
+def mmlu_lmeval(hflm_all):
+    return hflm_all
 
 
 @pytest.mark.parametrize("engine", ["packed", "reference"])
@@ -132,3 +139,124 @@ def test_mmlu_bridge_prompt_is_lm_eval_subject_template():
             assert task.fewshot_context(doc, 0) == cfg["description"] + task.doc_to_text(doc) == it.context
             assert [task.config.target_delimiter + c for c in task.doc_to_choice(doc)] == it.choices
             assert task.doc_to_target(doc) == it.answer
+
+
+# ------------------------------------------------------------------------------------------------ packed engine
+@pytest.fixture(scope="module")
+def packed_all(model):
+    """The same run as ``hflm_all`` on the packed engine, counting the requests the engine scored."""
+    scored = []
+    real = loglik.loglikelihood_groups
+
+    def spy(model, tokenizer, groups, **kwargs):
+        scored.append(sum(len(g) for g in groups))
+        return real(model, tokenizer, groups, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loglik, "loglikelihood_groups", spy)
+        report = lmeval_evaluate(model, tiny_tokenizer(), list(BRIDGE_TASKS), limit=6, seed=3, batch_size=2)
+    return report, scored
+
+
+@pytest.mark.parametrize("name", list(BRIDGE_TASKS))
+def test_packed_bridge_equals_hflm_bridge(packed_all, hflm_all, name):
+    """Every bridge task on the packed engine: lm-eval's per-item verdicts and metrics, per-choice
+    log-likelihoods to 1e-4 (relative 1e-6 for the sums of hundreds of character-level tokens, ~ -700, where
+    float32 summation order alone moves the fourth decimal), against the same run on lm-eval's own HFLM."""
+    packed, _ = packed_all
+    a, b = packed.results[name], hflm_all.results[name]
+    assert a.item_ids == b.item_ids and a.n == b.n == 6
+    assert a.details["doc_ids"] == b.details["doc_ids"]
+    assert [o.item_id for o in a.outcomes] == [o.item_id for o in b.outcomes] == a.item_ids
+    assert [o.correct for o in a.outcomes] == [o.correct for o in b.outcomes], name
+    for u, v in zip(a.details["loglikelihoods"], b.details["loglikelihoods"], strict=True):
+        assert len(u) == len(v) and u == pytest.approx(v, abs=1e-4, rel=1e-6), name
+    assert set(a.metrics) == set(b.metrics)
+    for metric, value in b.metrics.items():
+        if metric == "perplexity":
+            assert a.metrics[metric] == pytest.approx(value, rel=1e-4), name
+        else:
+            assert a.metrics[metric] == value, (name, metric)
+
+
+def test_packed_bridge_scores_every_request_on_the_engine(packed_all):
+    packed, scored = packed_all
+    n_requests = sum(len(ll) for r in packed.results.values() for ll in r.details["loglikelihoods"])
+    assert scored and sum(scored) == n_requests
+
+
+def _tokenizer(bos: bool):
+    """The tiny tokenizer, optionally adding a BOS to every encoding (as Llama's does)."""
+    from tokenizers import processors
+
+    tok = tiny_tokenizer()
+    if bos:
+        tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        assert tok.encode("ab")[0] == 1 and tok.encode("ab", add_special_tokens=False)[0] != 1
+    return tok
+
+
+def _instances(requests):
+    from lm_eval.api.instance import Instance
+
+    return [Instance("loglikelihood", {}, (ctx, cont), idx=i, metadata=(task, doc, 1))
+            for i, (task, doc, ctx, cont) in enumerate(requests)]
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_packed_hflm_keeps_request_order(model, monkeypatch, bos):
+    """Interleaved requests of several documents (and of none, and with an empty context): answers in the
+    original order, equal to HFLM's; documents grouped in first-appearance order; each answer cached."""
+    from lm_eval.models.huggingface import HFLM
+
+    from prunelab.evaluate.lmeval_engine import PackedHFLM
+
+    tok = _tokenizer(bos)
+    requests = [("t", 0, "Question: what is up?\nAnswer:", " sky"),
+                ("t", 1, "Pick one of these:", " x"),
+                ("t", 0, "Question: what is up?\nAnswer:", " the ground"),
+                ("w", 0, "The cat sat on the", " mat."),  # WinoGrande-like: two contexts, one document
+                ("t", 1, "Pick one of these:", " yy"),
+                ("", None, "Free text ", "end"),  # no document: grouped by its context
+                ("", None, "", " hello"),  # empty context: HFLM's own rule
+                ("w", 0, "The dog sat on the", " mat."),
+                ("t", 0, "Question: what is up?\nAnswer:", " sea")]
+    want = HFLM(pretrained=model, tokenizer=tok, batch_size=3).loglikelihood(_instances(requests),
+                                                                              disable_tqdm=True)
+    groups_seen = []
+    real = loglik.loglikelihood_groups
+
+    def spy(model, tokenizer, groups, **kwargs):
+        groups_seen.append([list(g) for g in groups])
+        return real(model, tokenizer, groups, **kwargs)
+
+    monkeypatch.setattr(loglik, "loglikelihood_groups", spy)
+    lm = PackedHFLM(pretrained=model, tokenizer=tok, batch_size=3)
+    cached = []
+
+    class Hook:
+        def add_partial(self, attr, req, res):
+            cached.append((attr, tuple(req), res))
+
+    lm.set_cache_hook(Hook())
+    got = lm.loglikelihood(_instances(requests), disable_tqdm=True)
+    assert len(got) == len(want)
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(got, want, strict=True):
+        assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy
+    assert groups_seen == [[[r[2:] for r in requests if r[:2] == key]
+                            for key in [("t", 0), ("t", 1), ("w", 0)]] + [[("Free text ", "end")]]]
+    assert sorted(cached, key=repr) == sorted(
+        [("loglikelihood", r[2:], a) for r, a in zip(requests, got)], key=repr)
+
+
+def test_bad_engine_is_one_line_error(model):
+    with pytest.raises(PrunelabError, match="unknown lm-eval bridge engine 'vllm'; known: packed, hflm") as err:
+        lmeval_evaluate(model, tiny_tokenizer(), ["arc_easy"], limit=2, engine="vllm")
+    assert "\n" not in str(err.value)
+
+
+def test_packed_hflm_refuses_options_it_does_not_reproduce(model):
+    from prunelab.evaluate.lmeval_engine import PackedHFLM
+
+    with pytest.raises(PrunelabError, match="max_length 64"):
+        PackedHFLM(pretrained=model, tokenizer=tiny_tokenizer(), batch_size=2, max_length=64)

@@ -153,7 +153,8 @@ def test_real_model_arc_easy_parity_with_lm_eval():
 
     lm = prunelab.load("smollm2-135m")
     ours = evaluate(lm.model, lm.tokenizer, ["arc_easy"], limit=30, seed=0).results["arc_easy"]
-    theirs = lmeval_evaluate(lm.model, lm.tokenizer, ["arc_easy"], limit=30, seed=0, batch_size=32).results["arc_easy"]
+    theirs = lmeval_evaluate(lm.model, lm.tokenizer, ["arc_easy"], limit=30, seed=0, batch_size=32,
+                            engine="hflm").results["arc_easy"]
     assert ours.item_ids == theirs.item_ids
     assert [o.correct for o in ours.outcomes] == [o.correct for o in theirs.outcomes]
     assert ours.metrics["acc"] == theirs.metrics["acc"] and ours.metrics["acc_norm"] == theirs.metrics["acc_norm"]
