@@ -14,7 +14,8 @@ and, where it uses data, the same calibration batch (LAMBADA calibration pool, d
   sparsity is set to the uniform models' block sparsity), for every amplitude of ``--amplitudes`` (the paper's
   0.02, and the value the held-out amplitude ablation selects, see README), heads + MLP and (with
   ``--adaptive-mlp-only``) MLP only, with every within-layer criterion of ``--adaptive-criteria``.
-* with ``--repairs all`` (or a list of none, bias, ls, ls+bias; issue 19): every prunelab cell of ``--criteria``
+* with ``--repairs all`` (or a list of none, bias, ls, ls+bias, each optionally ``@model`` for the dense-model
+  target of :mod:`prunelab.prune.repair`, e.g. ``ls@model``; issue 19): every prunelab cell of ``--criteria``
   (maw_hybrid, taylor, adaptive) with each repair — same kept groups, same calibration batch, so the gain of the
   repair alone is visible. A repair table then gives per cell: WikiText-2 perplexity and its ratio to the same cell
   without repair (paired bootstrap CI over windows), ARC-Easy accuracy (Wilson CI) and its paired difference to the
@@ -302,8 +303,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of method names to skip (e.g. 'torch-pruning Taylor')")
     ap.add_argument("--adaptive-mlp-only", action="store_true", help="also run Adapt-Pruner restricted to MLP neurons")
     ap.add_argument("--repairs", default=None,
-                    help="comma list of repairs (none, bias, ls, ls+bias, or 'all'): every prunelab cell of --criteria "
-                         "is run with each (same kept groups, same calibration; issue 19)")
+                    help="comma list of repairs (none, bias, ls, ls+bias, each optionally @model, e.g. ls@model; "
+                         "or all): every prunelab cell of --criteria is run with each (same kept groups, same "
+                         "calibration; issue 19)")
     ap.add_argument("--criteria", default=None,
                     help="prunelab cells of the repair grid: maw_hybrid, taylor, adaptive (default all three)")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of --repairs ls (default: auto)")
@@ -327,9 +329,15 @@ def main() -> None:
 
     console = Console()
     skip = set(filter(None, args.skip.split(",")))
-    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS
+    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIR_TARGETS, REPAIRS
 
-    repairs = REPAIRS.parse_list(args.repairs) if args.repairs else []
+    # a repair may name its target: "ls@model" (prunelab.prune.repair.REPAIR_TARGETS; plain names: the layer target)
+    repairs = [r.strip() for r in args.repairs.split(",") if r.strip()] if args.repairs else []
+    if repairs == ["all"]:
+        repairs = REPAIRS.parse_list("all")
+    for r in repairs:
+        REPAIRS.get(r.split("@")[0])
+        REPAIR_TARGETS.get(r.split("@")[1] if "@" in r else "layer")
     if repairs and "none" not in repairs:
         repairs = ["none", *repairs]  # the unrepaired cell is the reference of every comparison
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
@@ -406,10 +414,14 @@ def main() -> None:
             rows.append(row)
             return model
 
+        def repair_kw(fix):
+            method, _, target = fix.partition("@")
+            return {"repair": method, "repair_target": target or "layer"}
+
         def uniform(crit):
             def fn(m, f):
                 return prune_width(m, criterion=crit, ratio=ratio, calibration=cal, batch_size=args.batch_size,
-                                   progress=False, repair=f, ridge=ridge)
+                                   progress=False, ridge=ridge, **repair_kw(f))
             return fn
 
         def label(base, fix):
@@ -448,8 +460,8 @@ def main() -> None:
                         for fix in (repairs if "adaptive" in criteria else ["none"]):
                             run(label(name, fix), lambda m, h=heads, a=amp, c=crit, f=fix: adapt_prune(
                                     m, ratio=target, amplitude=a, steps=args.steps, calibration=cal,
-                                    batch_size=args.batch_size, prune_heads=h, criterion=c, progress=False, repair=f,
-                                    ridge=ridge),
+                                    batch_size=args.batch_size, prune_heads=h, criterion=c, progress=False,
+                                    ridge=ridge, **repair_kw(f)),
                                 lambda rep: f"block sparsity {rep.sparsity:.1%} (target {target:.1%}), widths "
                                             f"{min(rep.widths_after)}–{max(rep.widths_after)}, heads "
                                             f"{sum(rep.heads_after)}" + ("; " + repair_note(rep) if rep.repair else ""),

@@ -61,6 +61,9 @@ def prune_width_cmd(
                                "(FLAP mean compensation), ls (ridge least-squares refit of down_proj/o_proj), ls+bias."),
     ridge: float = typer.Option(None, "--ridge", help="--repair ls: ridge λ relative to the mean Gram diagonal "
                                 "(default: auto, 2 × kept width / calibration tokens)."),
+    repair_target: str = typer.Option("layer", "--repair-target", help="--repair: what the re-fitted projections "
+                                      "reproduce — layer (each dense layer on the repaired input) or model (the dense "
+                                      "model's hidden states, also correcting earlier layers' drift)."),
     json_out: Path = JsonOpt,
     overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
@@ -73,9 +76,10 @@ def prune_width_cmd(
     amplitudes = parse_amplitudes(amplitude)
     ablation = adaptive and len(amplitudes) > 1
     CRITERIA.get(criterion)
-    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS
+    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIR_TARGETS, REPAIRS
 
     REPAIRS.get(repair)
+    REPAIR_TARGETS.get(repair_target)
     ridge = DEFAULT_RIDGE if ridge is None else ridge
     if ridge is not None and not ridge >= 0:
         raise PrunelabError(f"--ridge must be ≥ 0, got {ridge}")
@@ -97,11 +101,12 @@ def prune_width_cmd(
 
     start = time.perf_counter()
     kw = dict(calibration_samples=calib_samples, calibration_seq_len=calib_seq_len, calibration_source=calibration,
-              batch_size=batch_size, repair=repair, ridge=ridge)
+              batch_size=batch_size, repair=repair, ridge=ridge, repair_target=repair_target)
     if ablation:
         abl = _ablation(lm, ratio, amplitudes, steps, prune_heads, criterion, calibration, calib_samples,
                         calib_seq_len, batch_size, seed, ppl_windows, heldout_samples, json_out,
-                        keep_best=output is not None, repair_kw={"repair": repair, "ridge": ridge})
+                        keep_best=output is not None, repair_kw={"repair": repair, "ridge": ridge,
+                                                                        "repair_target": repair_target})
         if output is None:
             return
         report = abl.reports[abl.rows.index(abl.selected)]
@@ -139,7 +144,7 @@ def prune_width_cmd(
     )
     if getattr(report, "repair", None) is not None:
         rr = report.repair
-        console.print(f"repair {rr.method} (ridge {'auto' if rr.ridge is None else f'{rr.ridge:g}'}, {rr.tokens} tokens): mean relative reconstruction "
+        console.print(f"repair {rr.method} (target {rr.target}, ridge {'auto' if rr.ridge is None else f'{rr.ridge:g}'}, {rr.tokens} tokens): mean relative reconstruction "
                       f"error of {len(rr.projections)} projections {rr.mean_error_before:.4f} → "
                       f"{rr.mean_error_after:.4f} in {rr.seconds:.1f}s")
     selection = {"amplitude_selection": meta["amplitude_selection"]} if ablation else {}

@@ -176,7 +176,8 @@ def _prune(lm: Any, pruning: PruningSpec, seed: int) -> dict[str, Any]:
 
             report = adapt_prune(lm.model, lm.tokenizer, ratio=pruning.ratio, amplitude=pruning.amplitude,
                                  steps=pruning.steps, calibration=_calibration(lm.tokenizer, calibration, seed),
-                                 repair=pruning.repair, ridge=pruning.ridge)
+                                 repair=pruning.repair, ridge=pruning.ridge,
+                                 repair_target=pruning.repair_target)
         else:
             from prunelab.prune.width import prune_width
 
@@ -184,7 +185,8 @@ def _prune(lm: Any, pruning: PruningSpec, seed: int) -> dict[str, Any]:
                                  expansion_ratio=pruning.expansion_ratio, heads_ratio=pruning.heads_ratio,
                                  round_to=pruning.round_to, seed=seed, calibration_samples=calibration.samples,
                                  calibration_seq_len=calibration.seq_len, calibration_source=calibration.source,
-                                 repair=pruning.repair, ridge=pruning.ridge)
+                                 repair=pruning.repair, ridge=pruning.ridge,
+                                 repair_target=pruning.repair_target)
         return {"report": _small(to_jsonable(report))}
     if pruning.kind == "depth":
         from prunelab.models import remove_layers

@@ -185,6 +185,7 @@ def adapt_prune(
     progress: bool = True,
     repair: str = "none",
     ridge: float | None = DEFAULT_RIDGE,
+    repair_target: str = "layer",
 ) -> AdaptiveReport:
     """Adapt-Pruner in place: ``ratio`` = target sparsity of the decoder-block parameters (see module docstring).
 
@@ -202,7 +203,7 @@ def adapt_prune(
                                       calibration_source, seed)
     fix = REPAIRS.get(repair)
     # the kept widths are not known yet: the width check is repeated with them after pruning (nothing saved yet)
-    check_repair(model, repair, ridge, calibration, True, prune_heads)
+    check_repair(model, repair, ridge, calibration, True, prune_heads, target=repair_target)
     adapter = adapter_for(model)
     before = count_parameters(model)
     orig = [_block_params(layer) for layer in adapter.layers(model)]
@@ -249,9 +250,10 @@ def adapt_prune(
         check_repair(model, repair, ridge, calibration, any(p.neurons is not None for p in plans),
                      any(p.heads is not None for p in plans),
                      max([len(p.neurons) for p in plans if p.neurons is not None]
-                         + [len(p.heads) * hd for p, hd in zip(plans, head_dims) if p.heads is not None], default=0))
+                         + [len(p.heads) * hd for p, hd in zip(plans, head_dims) if p.heads is not None], default=0),
+                     target=repair_target)
         repair_report = repair_width(model, calibration, plans, dense_layers.__getitem__, repair, ridge,
-                                     batch_size=batch_size, progress=progress)
+                                     batch_size=batch_size, progress=progress, target=repair_target)
         del dense_layers
     sync_config(model)
     after = count_parameters(model)

@@ -214,6 +214,7 @@ def prune_width(
     progress: bool = True,
     repair: str = "none",
     ridge: float | None = DEFAULT_RIDGE,
+    repair_target: str = "layer",
 ) -> WidthPruneReport:
     """Prune every layer's MLP neurons (and optionally attention heads) in place by ``criterion``.
 
@@ -242,7 +243,8 @@ def prune_width(
     pruned_attn = [k < lay.num_heads for k, lay in zip(kept_heads_n, layouts)]
     check_repair(model, repair, ridge, calibration, any(pruned_mlp), any(pruned_attn),
                  max([k for k, p in zip(kept_widths, pruned_mlp) if p]
-                     + [k * lay.head_dim for k, lay, p in zip(kept_heads_n, layouts, pruned_attn) if p], default=0))
+                     + [k * lay.head_dim for k, lay, p in zip(kept_heads_n, layouts, pruned_attn) if p], default=0),
+                 target=repair_target)
     before = count_parameters(model)
 
     t0 = time.perf_counter()
@@ -270,7 +272,7 @@ def prune_width(
         plans = [LayerPlan(kept_neurons[i] if pruned_mlp[i] else None, kept_heads[i] if pruned_attn[i] else None)
                  for i in range(len(layers))]
         repair_report = repair_width(model, calibration, plans, surgery, repair, ridge, batch_size=batch_size,
-                                     progress=progress)
+                                     progress=progress, target=repair_target)
     else:
         for i in range(len(layers)):
             surgery(i)

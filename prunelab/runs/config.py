@@ -102,6 +102,8 @@ class WidthPruning(_Strict):
     #: repair without retraining (:mod:`prunelab.prune.repair`); ``ridge`` is its relative λ (None: the default)
     repair: Literal["none", "bias", "ls", "ls+bias"] = "none"
     ridge: float | None = Field(None, ge=0.0)
+    #: what a re-fitted projection reproduces: the dense ``layer`` on the repaired input, or the dense ``model``'s stream
+    repair_target: Literal["layer", "model"] = "layer"
 
     @model_serializer(mode="wrap")
     def _omit_default_repair(self, handler):
@@ -112,6 +114,8 @@ class WidthPruning(_Strict):
                 data.pop("repair", None)
             if data.get("ridge") is None:
                 data.pop("ridge", None)
+            if data.get("repair_target") == "layer":
+                data.pop("repair_target", None)
         return data
 
     @model_validator(mode="after")
@@ -124,7 +128,7 @@ class WidthPruning(_Strict):
             size = f"{round(self.ratio * 100)}" if self.ratio is not None else f"x{self.expansion_ratio:g}"
             self.name = f"{'adaptive' if self.adaptive else 'width'}-{self.criterion}-{size}"
             if self.repair != "none":
-                self.name += f"+{self.repair}"
+                self.name += f"+{self.repair}" + ("" if self.repair_target == "layer" else f"@{self.repair_target}")
         return self
 
 

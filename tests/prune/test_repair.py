@@ -182,6 +182,7 @@ def nan_tiny(tmp_path):
     (["--repair", "ls", "--ridge", "-1"], "--ridge must be ≥ 0"),
     (["--repair", "ls", "--calib-samples", "1", "--calib-seq-len", "8"], "needs at least 29 calibration tokens"),
     (["--repair", "fix"], "unknown repair method 'fix'"),
+    (["--repair", "ls", "--repair-target", "global"], "unknown repair target 'global'"),
 ])
 def test_cli_refusals_write_nothing(saved_tiny, tmp_path, text_file_, args, message):
     out, js = tmp_path / "o", tmp_path / "o.json"
@@ -213,6 +214,19 @@ def test_cli_ls_repair_end_to_end(saved_tiny, tmp_path, text_file_):
     data = json.loads(js.read_text())
     assert data["repair"]["method"] == "ls" and data["repair"]["ridge"] == 0.05
     assert len(data["repair"]["projections"]) == 4
+    assert data["repair"]["target"] == "layer"
+
+
+def test_cli_model_target_end_to_end(saved_tiny, tmp_path, text_file_):
+    out, js = tmp_path / "o", tmp_path / "o.json"
+    result = runner.invoke(app, ["prune", "width", str(saved_tiny), "--ratio", "0.4", "--repair", "ls+bias",
+                                 "--repair-target", "model", "--calibration", str(text_file_), "--calib-samples", "4",
+                                 "--calib-seq-len", "16", "-o", str(out), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert "target model" in result.stdout
+    data = json.loads(js.read_text())
+    assert data["repair"]["target"] == "model" and len(data["repair"]["projections"]) == 4
+    assert all(p["error_after"] <= p["error_before"] + 1e-9 for p in data["repair"]["projections"])
 
 
 @pytest.fixture
@@ -238,6 +252,11 @@ def test_spec_repair_field_keeps_old_hashes():
     assert fixed.model_dump()["repair"] == "ls" and fixed.model_dump()["ridge"] == 0.5 and fixed.name.endswith("+ls")
     with pytest.raises(ValidationError):
         WidthPruning(ratio=0.4, repair="magic")
+    assert "repair_target" not in plain and "repair_target" not in fixed.model_dump()  # the default target: unchanged
+    to_model = WidthPruning(ratio=0.4, repair="ls", repair_target="model")
+    assert to_model.model_dump()["repair_target"] == "model" and to_model.name.endswith("+ls@model")
+    with pytest.raises(ValidationError):
+        WidthPruning(ratio=0.4, repair="ls", repair_target="global")
     with pytest.raises(ValidationError):
         WidthPruning(ratio=0.4, repair="ls", ridge=-1)
 
