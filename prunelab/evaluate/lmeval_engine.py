@@ -8,10 +8,9 @@ and ``(loglik, is_greedy)``; the tree mask encodes each item's shared context on
 original request order, each answer also handed to lm-eval's ``cache_hook`` as ``HFLM`` does.
 ``use_engine("reference")`` switches it to one request at a time, as for every other engine caller.
 
-Left to ``HFLM``: ``loglikelihood_rolling``, ``generate_until``, and the requests whose context is empty —
-lm-eval 0.4.13 encodes their continuation without special tokens and, when it already starts with the prefix
-token, conditions on that token (``TemplateLM.loglikelihood``), which the engine's ``encode_pair`` (prefix
-token + the tokenizer's own special-token rule) does not reproduce for tokenizers that add a BOS.
+Left to ``HFLM``: ``loglikelihood_rolling`` and ``generate_until``. Empty contexts follow lm-eval 0.4.13's
+``TemplateLM.loglikelihood`` rule in :func:`prunelab.evaluate.loglik.encode_pair` (continuation without special
+tokens, conditioned on the prefix token, or on its own first token when that is the prefix token).
 """
 
 from __future__ import annotations
@@ -49,15 +48,10 @@ class PackedHFLM(HFLM):
         if getattr(self, "enable_thinking", False) or not requests:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)  # HFLM's own error / empty answer
         answers: list[tuple[float, bool] | None] = [None] * len(requests)
-        empty = [i for i, r in enumerate(requests) if r.args[0] == ""]
-        if empty:
-            for i, answer in zip(empty, super().loglikelihood([requests[i] for i in empty], disable_tqdm=True)):
-                answers[i] = answer
         groups: dict[object, list[int]] = {}  # insertion order = first appearance
         for i, r in enumerate(requests):
-            if r.args[0] != "":
-                key = ("doc", r.task_name, r.doc_id) if r.doc_id is not None else ("context", r.args[0])
-                groups.setdefault(key, []).append(i)
+            key = ("doc", r.task_name, r.doc_id) if r.doc_id is not None else ("context", r.args[0])
+            groups.setdefault(key, []).append(i)
         order = list(groups.values())
         batch = self.batch_size if isinstance(self.batch_size, int) else 8  # "auto": the engine's default
         with tqdm(total=len(order), desc="Running loglikelihood requests (packed)",

@@ -2,7 +2,8 @@
 
 Tokenisation follows ``lm_eval.api.model.TemplateLM._encode_pair``: trailing spaces of the context move to the
 continuation, the *whole* string is encoded and split at ``len(encode(context))``; an empty context becomes
-``[prefix_token_id]`` (BOS, else EOS). A request's score is
+``[prefix_token_id]`` (BOS, else EOS) before the continuation encoded without special tokens (or that
+continuation's own first token, when it is the prefix token: ``TemplateLM.loglikelihood``). A request's score is
 
     loglik = Σ_t log softmax(logits_{t-1})[cont_t]        (float32, summed over the continuation tokens)
     is_greedy = all(argmax(logits_{t-1}) == cont_t)
@@ -69,7 +70,11 @@ def tok_encode(tokenizer, text: str) -> list[int]:
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """``(context_enc, continuation_enc)`` exactly as lm-eval's causal ``_encode_pair`` (+ empty context rule)."""
     if context == "":
-        return [prefix_token_id(tokenizer)], tok_encode(tokenizer, continuation)
+        # lm-eval 0.4.13 ``TemplateLM.loglikelihood``: the continuation without special tokens, conditioned on the
+        # prefix token — or, when the continuation already starts with it, on that first token
+        cont = tokenizer.encode(continuation, add_special_tokens=False)
+        prefix = prefix_token_id(tokenizer)
+        return ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
@@ -200,12 +205,16 @@ class _Encoder:
             if context and n_spaces:  # lm-eval moves the context's trailing spaces to the continuation
                 context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
             split.append((context, continuation))
-        texts = {t for c, x in split for t in ((x,) if c == "" else (c, c + x))}
+        texts = {t for c, x in split if c for t in (c, c + x)}
         enc = self._encode(sorted(texts))
+        # an empty context (encode_pair): the continuation without special tokens, after the prefix token
+        bare_texts = sorted({x for c, x in split if c == ""})
+        bare = dict(zip(bare_texts, self.tok(bare_texts, add_special_tokens=False)["input_ids"])) if bare_texts else {}
         out = []
         for context, continuation in split:
             if context == "":
-                out.append(([self.prefix], enc[continuation]))
+                cont = bare[continuation]
+                out.append(([self.prefix], cont) if not cont or cont[0] != self.prefix else (cont[:1], cont[1:]))
             else:
                 ctx = enc[context]
                 out.append((ctx, enc[context + continuation][len(ctx):]))

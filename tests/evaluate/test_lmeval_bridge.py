@@ -218,7 +218,7 @@ def test_packed_hflm_keeps_request_order(model, monkeypatch, bos):
                 ("w", 0, "The cat sat on the", " mat."),  # WinoGrande-like: two contexts, one document
                 ("t", 1, "Pick one of these:", " yy"),
                 ("", None, "Free text ", "end"),  # no document: grouped by its context
-                ("", None, "", " hello"),  # empty context: HFLM's own rule
+                ("", None, "", " hello"),  # empty context: lm-eval's prefix-token rule, on the engine
                 ("w", 0, "The dog sat on the", " mat."),
                 ("t", 0, "Question: what is up?\nAnswer:", " sea")]
     want = HFLM(pretrained=model, tokenizer=tok, batch_size=3).loglikelihood(_instances(requests),
@@ -244,7 +244,7 @@ def test_packed_hflm_keeps_request_order(model, monkeypatch, bos):
     for (ll, greedy), (ref_ll, ref_greedy) in zip(got, want, strict=True):
         assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy
     assert groups_seen == [[[r[2:] for r in requests if r[:2] == key]
-                            for key in [("t", 0), ("t", 1), ("w", 0)]] + [[("Free text ", "end")]]]
+                            for key in [("t", 0), ("t", 1), ("w", 0)]] + [[("Free text ", "end")], [("", " hello")]]]
     assert sorted(cached, key=repr) == sorted(
         [("loglikelihood", r[2:], a) for r, a in zip(requests, got)], key=repr)
 
@@ -260,3 +260,21 @@ def test_packed_hflm_refuses_options_it_does_not_reproduce(model):
 
     with pytest.raises(PrunelabError, match="max_length 64"):
         PackedHFLM(pretrained=model, tokenizer=tiny_tokenizer(), batch_size=2, max_length=64)
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_empty_context_encoding_equals_lm_eval(model, bos):
+    """``encode_pair`` with an empty context = lm-eval 0.4.13's ``TemplateLM.loglikelihood`` rule, including a
+    continuation that itself starts with the prefix token."""
+    from lm_eval.models.huggingface import HFLM
+
+    tok = _tokenizer(bos)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1)
+    seen = []
+    lm._loglikelihood_tokens = lambda reqs, disable_tqdm=False: seen.extend(reqs) or [(0.0, True)] * len(reqs)
+    prefix = tok.decode([loglik.prefix_token_id(tok)])
+    for cont in (" hello", "world", prefix + " again"):
+        seen.clear()
+        lm.loglikelihood(_instances([("t", 0, "", cont)]), disable_tqdm=True)
+        (_, ctx_enc, cont_enc), = seen
+        assert loglik.encode_pair(tok, "", cont) == (list(ctx_enc), list(cont_enc)), cont
