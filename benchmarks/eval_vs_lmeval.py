@@ -25,6 +25,11 @@ config over the local all-subjects file; acc only, as lm-eval's mmlu reports):
   LM head only at the continuation positions, no padding) — the speed-up a faster engine cannot exceed
   without FLOP-per-second gains. ``--profile`` prints this accounting without running the model.
 
+``--bridge`` adds a third side, timed and alternated the same way: lm-eval's own ``simple_evaluate`` with its
+log-likelihood requests on prunelab's engine (``prunelab.evaluate.lmeval_engine.PackedHFLM``, what
+``prunelab eval --backend lm-eval`` runs by default), compared per item with plain HFLM (predictions, metrics,
+max |Δ log-likelihood|) and its ratio HFLM ÷ engine printed per task and over the battery.
+
 ``--generation``: ``arc_easy_gen`` and ``lambada_gen`` prompts (raw protocol), greedy, ≤ 10 new tokens:
 prunelab's ``generate_greedy`` (length-sorted, left-padded batches, KV-cached) vs Hugging Face ``generate`` one
 prompt at a time with the same settings on the same items (one untimed warm-up call per side and task, then
@@ -137,18 +142,20 @@ def _loader(name: str):
 class LmEvalRunner:
     """lm-eval's ``simple_evaluate`` on the bridge's task configs, HFLM and TaskManager built once."""
 
-    def __init__(self, model, tokenizer, names: list[str], batch_size: int) -> None:
+    def __init__(self, model, tokenizer, names: list[str], batch_size: int, packed: bool = False) -> None:
+        """``packed``: lm-eval on prunelab's engine (``PackedHFLM``, the bridge's default) instead of plain HFLM."""
         import contextlib
 
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
         from prunelab.evaluate.lmeval_bridge import task_configs
+        from prunelab.evaluate.lmeval_engine import PackedHFLM
 
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(task_configs(names))
         self.tm = TaskManager(include_path=str(tmp))
-        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        self.lm = (PackedHFLM if packed else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
     def run(self, name: str, indices: list[int]):
         import lm_eval
@@ -185,29 +192,38 @@ def run_loglik(args, lm) -> int:
           f"{args.batch_size} (× 256 packed tokens), lm-eval batch {args.lmeval_batch} requests; "
           f"{torch.get_num_threads()} threads; {args.repeats} repeats, alternating", flush=True)
     runner = LmEvalRunner(lm.model, lm.tokenizer, names, args.lmeval_batch)
+    bridge = LmEvalRunner(lm.model, lm.tokenizer, names, args.batch_size, packed=True) if args.bridge else None
     indices = {n: sample_indices(n, args.limit, args.seed) for n in names}
-    ours_fn = {n: (lambda n=n: evaluate(lm.model, lm.tokenizer, [n], limit=args.limit, seed=args.seed,
-                                        batch_size=args.batch_size).results[n]) for n in names}
-    theirs_fn = {n: (lambda n=n: runner.run(n, indices[n])) for n in names}
+    sides = {"ours": {n: (lambda n=n: evaluate(lm.model, lm.tokenizer, [n], limit=args.limit, seed=args.seed,
+                                              batch_size=args.batch_size).results[n]) for n in names},
+             "theirs": {n: (lambda n=n: runner.run(n, indices[n])) for n in names}}
+    if bridge is not None:
+        sides["bridge"] = {n: (lambda n=n: bridge.run(n, indices[n])) for n in names}
     for n in names:  # warm-up (untimed): data caches, lm-eval's dataset arrow cache, allocator
-        ours_fn[n]()
-        theirs_fn[n]()
-    t_ours = {n: Timing() for n in names}
-    t_theirs = {n: Timing() for n in names}
+        for fns in sides.values():
+            fns[n]()
+    timing = {side: {n: Timing() for n in names} for side in sides}
+    t_ours, t_theirs = timing["ours"], timing["theirs"]
     last: dict[str, tuple] = {}
+    got_bridge: dict[str, dict] = {}
     for rep in range(args.repeats):
         for n in names:
-            order = [("ours", ours_fn[n]), ("theirs", theirs_fn[n])]
-            if rep % 2:
-                order.reverse()
+            order = list(sides)
+            order = order[rep % len(order):] + order[:rep % len(order)]  # each side first in turn
             got = {}
-            for side, fn in order:
-                got[side], w, c = timed(fn)
-                (t_ours if side == "ours" else t_theirs)[n].add(w, c)
+            for side in order:
+                got[side], w, c = timed(sides[side][n])
+                timing[side][n].add(w, c)
             last[n] = (got["ours"], got["theirs"])
+            if bridge is not None:
+                got_bridge[n] = got["bridge"]
             print(f"  repeat {rep + 1} {n:14} prunelab {t_ours[n].wall[-1]:6.1f} s wall {t_ours[n].cpu[-1]:6.1f} s cpu"
-                  f" | lm-eval {t_theirs[n].wall[-1]:6.1f} s wall {t_theirs[n].cpu[-1]:6.1f} s cpu", flush=True)
+                  f" | lm-eval {t_theirs[n].wall[-1]:6.1f} s wall {t_theirs[n].cpu[-1]:6.1f} s cpu"
+                  + (f" | lm-eval on the engine {timing['bridge'][n].wall[-1]:6.1f} s wall" if bridge else ""),
+                  flush=True)
     runner.close()
+    if bridge is not None:
+        bridge.close()
 
     print(f"\n{'task':14} {'items':>5} {'acc p/l':>13} {'acc_norm p/l':>13} {'Δpred':>5} {'max|Δll|':>9} "
           f"{'prunelab s':>10} {'lm-eval s':>9} {'ratio':>6} {'cpu ratio':>9} {'bound':>6} {'of bound':>8}")
@@ -240,6 +256,23 @@ def run_loglik(args, lm) -> int:
           f"{tot[1] / tot[0]:5.2f}x {tot[3] / tot[2]:8.2f}x {tot[4] / tot[5]:5.2f}x {100 * tot[1] / tot[0] / (tot[4] / tot[5]):7.0f}%")
     print("ratio = lm-eval ÷ prunelab median wall time; bound = lm-eval FLOPs ÷ least FLOPs prunelab must compute; "
           f"per-item predictions identical: {ok}")
+    if bridge is not None:
+        # the bridge (``prunelab eval --backend lm-eval``): lm-eval's own tasks and metrics, its log-likelihood
+        # requests on prunelab's engine (PackedHFLM), against the same lm-eval with plain HFLM
+        print(f"\n{'task':14} {'Δpred':>5} {'max|Δll|':>9} {'engine s':>9} {'HFLM s':>8} {'ratio':>6}")
+        tb = [0.0, 0.0]
+        for n in names:
+            _, theirs = last[n]
+            mine = got_bridge[n]
+            diff = max(abs(a - b) for u, v in zip(mine["lls"], theirs["lls"]) for a, b in zip(u, v))
+            n_diff = sum(argmax_first(u) != argmax_first(v) or a != b
+                         for u, v, a, b in zip(mine["lls"], theirs["lls"], mine["acc_norm"], theirs["acc_norm"]))
+            ok &= n_diff == 0 and mine["metrics"] == theirs["metrics"]
+            wb, wt = timing["bridge"][n].median[0], t_theirs[n].median[0]
+            tb = [tb[0] + wb, tb[1] + wt]
+            print(f"{n:14} {n_diff:5d} {diff:9.1e} {wb:9.1f} {wt:8.1f} {wt / wb:5.2f}x")
+        print(f"{'battery':14} {'':5} {'':9} {tb[0]:9.1f} {tb[1]:8.1f} {tb[1] / tb[0]:5.2f}x")
+        print(f"lm-eval on prunelab's engine (the bridge) vs lm-eval's HFLM; predictions and metrics identical: {ok}")
     return 0 if ok else 1
 
 
@@ -321,6 +354,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--generation", action="store_true", help="greedy generation vs HF generate")
+    ap.add_argument("--bridge", action="store_true",
+                    help="also time lm-eval on prunelab's engine (PackedHFLM, the bridge's default) against HFLM")
     mode.add_argument("--profile", action="store_true", help="FLOP accounting only")
     args = ap.parse_args()
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
