@@ -175,6 +175,7 @@ def _prune(lm: Any, pruning: PruningSpec, seed: int) -> dict[str, Any]:
             from prunelab.prune.adaptive import adapt_prune
 
             report = adapt_prune(lm.model, lm.tokenizer, ratio=pruning.ratio, amplitude=pruning.amplitude,
+                                 criterion=pruning.criterion,
                                  steps=pruning.steps, calibration=_calibration(lm.tokenizer, calibration, seed),
                                  repair=pruning.repair, ridge=pruning.ridge,
                                  repair_target=pruning.repair_target)
@@ -377,6 +378,13 @@ def real_validate(spec: Any) -> None:
             from prunelab.prune.criteria import CRITERIA
 
             _check(CRITERIA, p.criterion, f"pruning.{i}.criterion")
+            if p.adaptive:
+                from prunelab.prune.adaptive import LOSS_SCALED_CRITERIA
+
+                if p.criterion not in LOSS_SCALED_CRITERIA:  # Adapt-Pruner trades heads against neurons
+                    raise PrunelabError(f"pruning.{i}.criterion: Adapt-Pruner adds head and neuron scores, so it needs "
+                                        f"a loss-scaled criterion ({', '.join(sorted(LOSS_SCALED_CRITERIA))}), got "
+                                        f"{p.criterion!r}")
         elif p.kind == "depth":
             from prunelab.prune.depth import OBJECTIVES, SEARCHES
 

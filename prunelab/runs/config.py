@@ -90,7 +90,8 @@ class WidthPruning(_Strict):
 
     kind: Literal["width"] = "width"
     name: str | None = None
-    criterion: str = "maw"
+    #: within-layer group criterion; unset: ``maw`` for uniform pruning, ``taylor`` (the paper's) for Adapt-Pruner
+    criterion: str | None = None
     ratio: float | None = Field(None, gt=0.0, lt=1.0)
     expansion_ratio: float | None = Field(None, gt=0.0)
     heads_ratio: float = Field(0.0, ge=0.0, lt=1.0)
@@ -124,6 +125,8 @@ class WidthPruning(_Strict):
             raise ValueError("give exactly one of ratio or expansion_ratio")
         if self.adaptive and self.ratio is None:
             raise ValueError("adaptive width pruning needs ratio")
+        if self.criterion is None:
+            self.criterion = "taylor" if self.adaptive else "maw"
         if self.name is None:
             size = f"{round(self.ratio * 100)}" if self.ratio is not None else f"x{self.expansion_ratio:g}"
             self.name = f"{'adaptive' if self.adaptive else 'width'}-{self.criterion}-{size}"

@@ -184,3 +184,28 @@ def test_shipped_examples_protocol_and_formula():
     for name in ("recovery-study.yaml", "rank-sweep.yaml", "transfer.yaml"):
         assert load_spec(root / name).eval.protocol == "raw", name  # the study's plain prompts on a base model
     assert load_spec(root / "quickstart.yaml").eval.protocol == "auto"  # SmolLM2-Instruct: its chat template
+
+
+def test_adaptive_criterion_defaults_to_taylor_and_reaches_adapt_prune(monkeypatch):
+    """Unset criterion: ``maw`` for uniform pruning (its dump and hash as before), ``taylor`` for Adapt-Pruner; the
+    runner hands the criterion to ``adapt_prune``; a criterion Adapt-Pruner cannot use is refused before work."""
+    import types
+
+    from prunelab.experiments import stages
+    from prunelab.experiments.spec import WidthPruning
+    from prunelab.prune import adaptive
+
+    uniform = WidthPruning(ratio=0.4)
+    assert uniform.criterion == "maw" and uniform.model_dump()["criterion"] == "maw" and uniform.name == "width-maw-40"
+    adapt = WidthPruning(ratio=0.3, adaptive=True)
+    assert adapt.criterion == "taylor" and adapt.name == "adaptive-taylor-30"
+    seen = {}
+    monkeypatch.setattr(adaptive, "adapt_prune", lambda *a, **kw: seen.update(kw) or {"sparsity": 0.3})
+    monkeypatch.setattr(stages, "_calibration", lambda *a, **kw: None)
+    monkeypatch.setattr("prunelab.atomic.to_jsonable", lambda r: r)
+    stages._prune(types.SimpleNamespace(model=None, tokenizer=None), adapt, seed=0)
+    assert seen["criterion"] == "taylor"
+    from prunelab.experiments.stages import real_validate
+
+    with pytest.raises(PrunelabError, match=r"^pruning.0.criterion: Adapt-Pruner .* loss-scaled"):
+        real_validate(parse_spec(with_(pruning={"kind": "width", "adaptive": True, "criterion": "maw", "ratio": 0.3})))
