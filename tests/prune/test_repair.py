@@ -58,14 +58,15 @@ def test_solve_is_identity_when_nothing_is_removed():
         assert rec.error_before == pytest.approx(0.0, abs=1e-12) and rec.error_after == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("method", ["ls", "bias"])
-def test_repair_with_everything_kept_leaves_logits_unchanged(method):
+@pytest.mark.parametrize("method, target", [("ls", "layer"), ("bias", "layer"), ("ls", "model"),
+                                            ("ls+bias", "model")])
+def test_repair_with_everything_kept_leaves_logits_unchanged(method, target):
     model = tiny_model("llama")
     ref = copy.deepcopy(model)
     layers = list(adapter_for(model).layers(model))
     plans = [LayerPlan(list(range(48)), list(range(4))) for _ in layers]
-    rep = repair_width(model, CAL, plans, lambda i: layers[i], method, progress=False)
-    assert len(rep.projections) == 8
+    rep = repair_width(model, CAL, plans, lambda i: layers[i], method, progress=False, target=target)
+    assert len(rep.projections) == 8 and rep.target == target
     with torch.no_grad():
         assert torch.allclose(model(X).logits, ref(X).logits, atol=1e-5)
     if method == "bias":
