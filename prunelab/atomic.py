@@ -222,7 +222,9 @@ def _check_existing(target: Path, kind: Kind, overwrite: bool) -> None:
         if not is_dir:
             raise PrunelabError(f"the work folder {target} is a file, not a folder; choose another --work-dir")
         m = read_manifest(target)
-        entries = sorted(target.iterdir())
+        # another prunelab process may be claiming this folder right now: its manifest's temporary file (written
+        # in the folder, then renamed) is not a foreign entry
+        entries = sorted(e for e in target.iterdir() if not e.name.startswith(f"{MANIFEST}.tmp-"))
         if overwrite or not entries or (m is not None and m.get("kind") == "work-dir") or \
                 _looks_like_old_work_dir(target):
             return

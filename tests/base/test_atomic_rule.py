@@ -241,3 +241,18 @@ def test_work_dir_is_reused_never_replaced(tmp_path):
         claim_work_dir(mine)
     claim_work_dir(mine, overwrite=True)  # adopted, nothing deleted
     assert tree(mine) == {"notes.txt": "mine", "sub/a.txt": "also mine", MANIFEST: (mine / MANIFEST).read_text()}
+
+
+def test_work_dir_being_claimed_by_another_process_is_not_foreign(tmp_path):
+    """Two drivers on one store: the second may look while the first's manifest is still a temporary file in the
+    folder (written, then renamed). That folder is being claimed by prunelab, not a user's: it is reused."""
+    racing = tmp_path / "w"
+    racing.mkdir()
+    (racing / f"{MANIFEST}.tmp-abc123").write_text("{")
+    assert claim_work_dir(racing) == racing
+    other = tmp_path / "u"  # anything else beside the temporary manifest still makes it a user's folder
+    other.mkdir()
+    (other / f"{MANIFEST}.tmp-x").write_text("{")
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(PrunelabError, match="refusing to use"):
+        claim_work_dir(other)

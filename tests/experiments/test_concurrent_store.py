@@ -148,7 +148,11 @@ def _start_gated(tmp_path, spec, db, n=2, **env):
                               stderr=subprocess.PIPE, text=True) for i in range(n)]
     deadline = time.time() + 90
     while len(list(tmp_path.glob("gate.*"))) < n and time.time() < deadline:
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        if any(p.poll() is not None for p in procs):  # one died: stop the others (they wait at the gate forever)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            raise AssertionError([p.communicate() for p in procs])
         time.sleep(0.05)
     assert len(list(tmp_path.glob("gate.*"))) == n, "the drivers never reached their first run"
     gate.touch()
