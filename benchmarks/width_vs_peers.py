@@ -215,6 +215,12 @@ QUICK = dict(ratios="0.8", criteria="maw_hybrid", repairs="none,ls", calib_sampl
              ppl_windows="1", arc_limit=10, latency_reps=1, peers="no")
 
 
+def split_repair(fix: str) -> tuple[str, str]:
+    """``"ls@model"`` → ``("ls", "model")``; a plain repair name has the layer target."""
+    method, sep, target = fix.partition("@")
+    return method, target if sep else "layer"
+
+
 def parse_windows(text: str, repairs: list[str]) -> int | None:
     """``--ppl-windows``: a count, ``all`` (every 512-token window of the test file, None), or ``auto``: all with
     ``--repairs`` (issue 19 asks for the whole file), the historical 4 otherwise."""
@@ -336,8 +342,9 @@ def main() -> None:
     if repairs == ["all"]:
         repairs = REPAIRS.parse_list("all")
     for r in repairs:
-        REPAIRS.get(r.split("@")[0])
-        REPAIR_TARGETS.get(r.split("@")[1] if "@" in r else "layer")
+        method, target = split_repair(r)
+        REPAIRS.get(method)
+        REPAIR_TARGETS.get(target)
     if repairs and "none" not in repairs:
         repairs = ["none", *repairs]  # the unrepaired cell is the reference of every comparison
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
@@ -415,8 +422,8 @@ def main() -> None:
             return model
 
         def repair_kw(fix):
-            method, _, target = fix.partition("@")
-            return {"repair": method, "repair_target": target or "layer"}
+            method, target = split_repair(fix)
+            return {"repair": method, "repair_target": target}
 
         def uniform(crit):
             def fn(m, f):

@@ -67,14 +67,17 @@ def tok_encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, **kwargs)
 
 
+def condition_on_prefix(cont: list[int], prefix: int) -> tuple[list[int], list[int]]:
+    """An empty context's pair, as lm-eval 0.4.13's ``TemplateLM.loglikelihood`` builds it from the continuation
+    encoded without special tokens: conditioned on the prefix token, or on the continuation's own first token when
+    that already is the prefix token."""
+    return ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """``(context_enc, continuation_enc)`` exactly as lm-eval's causal ``_encode_pair`` (+ empty context rule)."""
     if context == "":
-        # lm-eval 0.4.13 ``TemplateLM.loglikelihood``: the continuation without special tokens, conditioned on the
-        # prefix token — or, when the continuation already starts with it, on that first token
-        cont = tokenizer.encode(continuation, add_special_tokens=False)
-        prefix = prefix_token_id(tokenizer)
-        return ([prefix], cont) if not cont or cont[0] != prefix else (cont[:1], cont[1:])
+        return condition_on_prefix(tokenizer.encode(continuation, add_special_tokens=False), prefix_token_id(tokenizer))
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
@@ -213,8 +216,7 @@ class _Encoder:
         out = []
         for context, continuation in split:
             if context == "":
-                cont = bare[continuation]
-                out.append(([self.prefix], cont) if not cont or cont[0] != self.prefix else (cont[:1], cont[1:]))
+                out.append(condition_on_prefix(bare[continuation], self.prefix))
             else:
                 ctx = enc[context]
                 out.append((ctx, enc[context + continuation][len(ctx):]))

@@ -31,6 +31,7 @@ from torch import nn
 from prunelab.data.calibration import calibration_batch
 from prunelab.data.mc_calibration import load_mc_calibration
 from prunelab.errors import PrunelabError
+from prunelab.evaluate.loglik import lm_head_logits
 from prunelab.registry import Registry
 
 __all__ = ["HEAD_CHUNK", "OBJECTIVES", "Batch", "MarginObjective", "Objective", "PerplexityObjective", "lm_logits"]
@@ -39,13 +40,8 @@ __all__ = ["HEAD_CHUNK", "OBJECTIVES", "Batch", "MarginObjective", "Objective", 
 HEAD_CHUNK = 1024
 
 
-def lm_logits(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
-    """``lm_head(h)`` with the family's final-logit soft-capping (Gemma2: ``c·tanh(z/c)``)."""
-    logits = model.get_output_embeddings()(normed)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+#: ``lm_head(h)`` with the family's final-logit soft-capping — the evaluation engine's
+lm_logits = lm_head_logits
 
 
 def _token_logprobs(model: nn.Module, normed: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
 from prunelab.models.surgery import remove_layers
-from prunelab.prune.repair import DEFAULT_RIDGE, _out, capture_layer_inputs, effective_ridge
+from prunelab.prune.repair import DEFAULT_RIDGE, _out, capture_layer_inputs, effective_ridge, has_post_norms
 from prunelab.registry import Registry
 
 COMPENSATIONS: Registry[str] = Registry("depth compensation")
@@ -87,14 +87,10 @@ def removed_runs(removed: Iterable[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in runs]
 
 
-def _post_mlp_norm(layer: nn.Module) -> bool:
-    return hasattr(layer, "post_feedforward_layernorm")
-
-
 def check_family(model: nn.Module, method: str) -> None:
     """The part of :func:`check_compensation` that needs no removed set (run before a search)."""
     COMPENSATIONS.get(method)
-    if method == "linear" and _post_mlp_norm(adapter_for(model).layers(model)[0]):
+    if method == "linear" and has_post_norms(adapter_for(model).layers(model)[0]):
         raise PrunelabError(f"--compensate linear cannot merge into {adapter_for(model).family}: its MLP output "
                             f"passes post_feedforward_layernorm before the residual add (use --compensate scale)")
 
@@ -124,7 +120,7 @@ def check_compensation(model: nn.Module, removed: Iterable[int], method: str, ri
 
 def _scale_contributions(adapter, layer: nn.Module, factor: float) -> None:
     """Divide a block's residual contributions by ``factor`` (see module docstring)."""
-    if _post_mlp_norm(layer):  # Gemma2: h + post_norm(attn) + post_norm(mlp), post norms multiply by (1 + w)
+    if has_post_norms(layer):  # Gemma2: h + post_norm(attn) + post_norm(mlp), post norms multiply by (1 + w)
         for norm in (layer.post_attention_layernorm, layer.post_feedforward_layernorm):
             norm.weight.copy_((1.0 + norm.weight.double()) / factor - 1.0)
         return
@@ -313,7 +309,7 @@ class CompensatedEvaluator:
     def _touched(self) -> list[torch.Tensor]:
         out = []
         for layer in self.adapter.layers(self.model):
-            mods = ([layer.post_attention_layernorm, layer.post_feedforward_layernorm] if _post_mlp_norm(layer)
+            mods = ([layer.post_attention_layernorm, layer.post_feedforward_layernorm] if has_post_norms(layer)
                     else [self.adapter.module(layer, "o"), self.adapter.module(layer, "down")])
             for mod in mods:
                 out += [p for p in (mod.weight, getattr(mod, "bias", None)) if p is not None]

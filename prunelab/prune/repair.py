@@ -186,6 +186,12 @@ def bias_support(model: nn.Module) -> tuple[bool, bool]:
     return adapter.module(probe, "down").bias is not None, adapter.module(probe, "o").bias is not None
 
 
+def has_post_norms(layer: nn.Module) -> bool:
+    """Whether the block's sub-layer outputs pass a norm before the residual add (Gemma2's sandwich norms), so a
+    projection's output is not what the residual stream receives."""
+    return hasattr(layer, "post_feedforward_layernorm")
+
+
 def check_repair(model: nn.Module, method: str, ridge: float | None, calibration: torch.Tensor | None,
                  prunes_mlp: bool, prunes_heads: bool, max_kept: int | None = None,
                  target: str = "layer") -> RepairMethod:
@@ -195,7 +201,7 @@ def check_repair(model: nn.Module, method: str, ridge: float | None, calibration
     if not m.active:
         return m
     if target == "model":
-        if hasattr(adapter_for(model).layers(model)[0], "post_feedforward_layernorm"):  # Gemma2's sandwich norms
+        if has_post_norms(adapter_for(model).layers(model)[0]):
             raise PrunelabError(f"--repair-target model cannot re-fit {adapter_for(model).family}: its projections' "
                                 f"outputs pass a post-norm before the residual add (use --repair-target layer)")
     if ridge is not None and (not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0
@@ -482,9 +488,9 @@ def repair_width(
     adapter = adapter_for(model)
     was_training = model.training
     model.eval()
+    REPAIR_TARGETS.get(target)
     if m.bias:
         enable_biases(model, mlp=any(p.neurons is not None for p in plans), attention=any(p.heads is not None for p in plans))
-    REPAIR_TARGETS.get(target)
     states, kwargs = capture_layer_inputs(model, calibration, batch_size)
     device = states[0].device
     # the dense model's stream (``model`` target); block 0's input is the same embedding for both models
@@ -555,12 +561,14 @@ def _repair_to_model(adapter, dense: nn.Module, layer: nn.Module, states: list[t
     """Re-fit layer ``i``'s pruned ``o_proj`` then ``down_proj`` toward the dense model's stream; returns the dense
     stream after layer ``i``. The residual stream a projection's output ``y`` is added to is recovered as
     ``(stream after the sub-block) − y`` (no post-norm: :func:`check_repair`)."""
-    o_dense: list[torch.Tensor] = []
-    handle = adapter.module(dense, "o").register_forward_hook(lambda mod, args, out: o_dense.append(out))
+    o_dense: list[torch.Tensor] = []  # the dense attention outputs: the o_proj target, kept only when heads are pruned
+    handle = (adapter.module(dense, "o").register_forward_hook(lambda mod, args, out: o_dense.append(out))
+              if plan.heads is not None else None)
     try:
         dense_next = [_out(dense(d, **kwargs[b][i])) for b, d in enumerate(dense_states)]
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     hidden = states[0].shape[-1]
     for name, pruned in (("o", plan.heads is not None), ("down", plan.neurons is not None)):
         if not pruned:
