@@ -34,8 +34,8 @@ def parse_amplitudes(text: str) -> list[float]:
 def prune_width_cmd(
     model: str = ModelArg,
     output: Path = typer.Option(None, "--output", "-o", help="Directory for the pruned model (written atomically)."),
-    criterion: str = typer.Option(None, "--criterion", "-c", help="maw, vow, pon, l2, *_hybrid, taylor, random "
-                                  "(default maw; with --adaptive the within-layer score, default taylor)."),
+    criterion: str = typer.Option(None, "--criterion", "-c", help="maw, vow, pon, l2, *_hybrid, taylor, random, "
+                                  "obs (chosen inside --repair ls by Optimal Brain Surgeon) (default maw; with --adaptive the within-layer score, default taylor)."),
     ratio: float = typer.Option(None, "--ratio", help="Fraction of MLP neurons removed per layer, in [0, 1) "
                                 "(with --adaptive: sparsity of the decoder-block parameters)."),
     expansion_ratio: float = typer.Option(None, "--expansion-ratio", help="Target intermediate/hidden (e.g. 2.0)."),
@@ -70,7 +70,7 @@ def prune_width_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """Remove GLU neurons (and optionally attention heads) from every layer; print params before/after."""
-    from prunelab.prune.criteria import CRITERIA
+    from prunelab.prune.criteria import CRITERIA, check_criterion_use
 
     criterion = criterion or ("taylor" if adaptive else "maw")
     amplitudes = parse_amplitudes(amplitude)
@@ -80,6 +80,7 @@ def prune_width_cmd(
 
     REPAIRS.get(repair)
     REPAIR_TARGETS.get(repair_target)
+    check_criterion_use(criterion, repair, repair_target, adaptive)
     ridge = DEFAULT_RIDGE if ridge is None else ridge
     if ridge is not None and not ridge >= 0:
         raise PrunelabError(f"--ridge must be ≥ 0, got {ridge}")

@@ -378,6 +378,12 @@ def real_validate(spec: Any) -> None:
             from prunelab.prune.criteria import CRITERIA
 
             _check(CRITERIA, p.criterion, f"pruning.{i}.criterion")
+            from prunelab.prune.criteria import check_criterion_use
+
+            try:
+                check_criterion_use(p.criterion, p.repair, p.repair_target, p.adaptive)
+            except PrunelabError as exc:
+                raise PrunelabError(f"pruning.{i}.criterion: {exc}") from None
             if p.adaptive:
                 from prunelab.prune.adaptive import LOSS_SCALED_CRITERIA
 

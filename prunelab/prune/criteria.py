@@ -65,6 +65,9 @@ class Criterion:
     fn: Callable[[nn.Module, CalibrationStats | None, int, bool], list[LayerScores]]
     needs: frozenset[str]
     description: str
+    #: chosen layer by layer inside the sequential repair from each layer's own Gram matrix (``obs``), so there
+    #: are no scores up front: only :func:`prunelab.prune.width.prune_width` with an ``ls`` repair can use it
+    selects_in_repair: bool = False
 
     @property
     def needs_data(self) -> bool:
@@ -272,3 +275,38 @@ for _name in ("maw", "vow", "pon", "l2"):
 CRITERIA.register("taylor", Criterion("taylor", _taylor, frozenset({"gradients"}),
                                       "first-order Taylor Σ|∂L/∂W ⊙ W| over the group (calibration NLL)"))
 CRITERIA.register("random", Criterion("random", _random, frozenset(), "seeded uniform random scores (control)"))
+
+
+def _in_repair(model: nn.Module, stats: CalibrationStats | None = None, seed: int = 0,
+               heads: bool = True) -> list[LayerScores]:
+    from prunelab.errors import PrunelabError
+
+    raise PrunelabError("criterion obs has no scores up front: it chooses inside the repair (prune_width with "
+                        "repair ls or ls+bias)")
+
+
+CRITERIA.register("obs", Criterion(
+    "obs", _in_repair, frozenset({"reconstruction"}),
+    "Optimal Brain Surgeon on each layer's calibration Gram matrix, jointly with the ls re-fit (SlimGPT); "
+    "needs --repair ls", selects_in_repair=True))
+
+
+def check_criterion_use(criterion: str, repair: str = "none", repair_target: str = "layer",
+                        adaptive: bool = False) -> Criterion:
+    """The criterion, after refusing (one line) a combination it cannot serve: a criterion that chooses inside the
+    repair (``obs``) needs a least-squares repair to the layer target, and cannot be Adapt-Pruner's score."""
+    from prunelab.errors import PrunelabError
+    from prunelab.prune.repair import REPAIRS
+
+    crit = CRITERIA.get(criterion)
+    if crit.selects_in_repair:
+        if adaptive:
+            usable = ", ".join(n for n in CRITERIA.names()
+                               if CRITERIA.get(n).needs_data and not CRITERIA.get(n).selects_in_repair)
+            raise PrunelabError(f"Adapt-Pruner needs every group's score up front; criterion {criterion} chooses "
+                                f"inside the uniform repair only (use one of: {usable})")
+        if not (REPAIRS.get(repair).ls and repair_target == "layer"):
+            raise PrunelabError(f"criterion {criterion} chooses what to keep inside the least-squares repair: use "
+                                f"--repair ls or ls+bias with --repair-target layer (got --repair {repair}, target "
+                                f"{repair_target})")
+    return crit

@@ -44,7 +44,8 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
 from prunelab.models.surgery import remove_layers
-from prunelab.prune.repair import DEFAULT_RIDGE, _out, capture_layer_inputs, effective_ridge, has_post_norms
+from prunelab.prune.repair import (DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, TOKEN_WEIGHTS, _out, capture_layer_inputs,
+                                   effective_ridge, has_post_norms, stream_weights)
 from prunelab.registry import Registry
 
 COMPENSATIONS: Registry[str] = Registry("depth compensation")
@@ -137,11 +138,12 @@ def _rel(diff_sq: float, ref_sq: float) -> float:
 
 def compensate_and_remove(model: nn.Module, removed: Iterable[int], calibration: torch.Tensor, method: str = "linear",
                           ridge: float | None = DEFAULT_RIDGE, *, batch_size: int = 8,
-                          progress: bool = True) -> CompensationReport:
+                          progress: bool = True, token_weights: str = DEFAULT_TOKEN_WEIGHTS) -> CompensationReport:
     """Fit the compensation of ``method`` for removing ``removed`` (see module docstring), fold it into the kept
     weights and remove the blocks, in place. ``method="none"`` is plain :func:`remove_layers`."""
     start = time.perf_counter()
-    report = fold_compensation(model, removed, calibration, method, ridge, batch_size=batch_size, progress=progress)
+    report = fold_compensation(model, removed, calibration, method, ridge, batch_size=batch_size, progress=progress,
+                               token_weights=token_weights)
     remove_layers(model, report.removed)
     report.seconds = time.perf_counter() - start
     return report
@@ -150,9 +152,11 @@ def compensate_and_remove(model: nn.Module, removed: Iterable[int], calibration:
 @torch.no_grad()
 def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: torch.Tensor, method: str = "linear",
                       ridge: float | None = DEFAULT_RIDGE, *, batch_size: int = 8,
-                      progress: bool = True) -> CompensationReport:
+                      progress: bool = True, token_weights: str = DEFAULT_TOKEN_WEIGHTS) -> CompensationReport:
     """:func:`compensate_and_remove` without the removal: the kept blocks' weights are compensated in place, the
-    blocks ``removed`` are still there (the compensated model is run with them skipped)."""
+    blocks ``removed`` are still there (the compensated model is run with them skipped). ``token_weights``
+    (:data:`prunelab.prune.repair.TOKEN_WEIGHTS`): ``uniform`` or ``normalized`` (module docstring)."""
+    TOKEN_WEIGHTS.get(token_weights)
     start = time.perf_counter()
     removed = sorted(set(int(r) for r in removed))
     adapter = adapter_for(model)
@@ -205,15 +209,18 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
                     a, b = run_end[i]
                     ref = sum(float(d.double().pow(2).sum()) for d in dense)
                     if method == "linear":
-                        report.runs.append(_fit_linear(adapter, layers, pending, dense, ridge, report, a, b, ref))
+                        report.runs.append(_fit_linear(adapter, layers, pending, dense, ridge, report, a, b, ref,
+                                                       token_weights))
                         anchor = pending["anchor"]
                         t = report.transforms[anchor].to(pruned[0].dtype)
                         pruned = [mid + m @ t for mid, m in zip(pending["mid"], pending["m"])]
                         pending = None
                     else:
                         before = sum(float((scale * p - d).double().pow(2).sum()) for p, d in zip(pruned, dense))
-                        num = sum(float(d.double().pow(2).sum()) for d in dense)
-                        den = sum(float((scale * p).double().pow(2).sum()) for p in pruned)
+                        # α² = Σ w‖D‖² / Σ w‖sP‖² — with normalized weights w = 1/‖D‖²: N / Σ ‖sP‖²/‖D‖²
+                        wts = [stream_weights(d, token_weights) for d in dense]
+                        num = sum(float((w * d.double().pow(2).sum(-1)).sum()) for w, d in zip(wts, dense))
+                        den = sum(float((w * (scale * p).double().pow(2).sum(-1)).sum()) for w, p in zip(wts, pruned))
                         alpha = (num / den) ** 0.5 if den > 0 else 1.0
                         later = [j for j in range(b + 1, n) if j not in drop]
                         if later:
@@ -233,23 +240,28 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
 
 
 def _fit_linear(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge: float | None,
-                report: CompensationReport, a: int, b: int, ref: float) -> RunCompensation:
-    """Solve the ridge system for ``T`` and merge it into the anchor's ``down_proj`` (module docstring)."""
+                report: CompensationReport, a: int, b: int, ref: float,
+                token_weights: str = DEFAULT_TOKEN_WEIGHTS) -> RunCompensation:
+    """Solve the (token-weighted) ridge system for ``T`` and merge it into the anchor's ``down_proj`` (module
+    docstring). Errors in the report stay unweighted."""
     anchor = pending["anchor"]
     hidden = dense[0].shape[-1]
     mm = torch.zeros(hidden, hidden, dtype=torch.float64)
     md = torch.zeros(hidden, hidden, dtype=torch.float64)
     count = 0
     before = 0.0
+    wsum = 0.0
     for m, mid, d in zip(pending["m"], pending["mid"], dense):
         m64 = m.reshape(-1, hidden).double().cpu()
         r64 = (d - mid).reshape(-1, hidden).double().cpu()
-        mm.addmm_(m64.T, m64)
-        md.addmm_(m64.T, r64)
+        w = stream_weights(d, token_weights).reshape(-1, 1).cpu()
+        mm.addmm_((m64 * w).T, m64)
+        md.addmm_((m64 * w).T, r64)
         before += float((m64 - r64).pow(2).sum())
         count += m64.shape[0]
-    mm /= count
-    md /= count
+        wsum += float(w.sum())
+    mm /= wsum
+    md /= wsum
     lam = effective_ridge(ridge, hidden, count) * float(torch.diagonal(mm).mean())
     eye = torch.eye(hidden, dtype=torch.float64)
     chol, info = torch.linalg.cholesky_ex(mm + lam * eye)

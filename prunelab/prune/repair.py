@@ -90,6 +90,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
+from prunelab.models.surgery import prune_attention_heads, prune_mlp_neurons
 from prunelab.registry import Registry
 
 #: None = "auto": relative ridge ``AUTO_RIDGE · |K| / N`` (module docstring: measured on held-out tokens)
@@ -100,6 +101,26 @@ AUTO_RIDGE = 2.0
 def effective_ridge(ridge: float | None, width: int, tokens: int) -> float:
     """The relative ridge actually used: ``ridge``, or for None ``AUTO_RIDGE · width / tokens``."""
     return AUTO_RIDGE * width / max(tokens, 1) if ridge is None else float(ridge)
+
+
+#: how calibration tokens are weighted in the least-squares fits: ``uniform`` (every token alike), or
+#: ``normalized`` — token t weighted by ``1/‖h_t‖²``, ``h_t`` the residual stream the fitted output lands in. Why:
+#: the next block sees the stream through an RMSNorm, so an error ``e_t`` reaches it as ``e_t/rms(h_t)``; and in
+#: SmolLM2-135M the stream of a window's first token (the attention sink) is ~100× larger than the rest (‖h‖ 22 500
+#: vs a median of 221 after block 20), so uniformly it carries 98 % of Σ‖h‖² and the plain fit serves one token.
+TOKEN_WEIGHTS: Registry[str] = Registry("token weighting")
+for _w in ("uniform", "normalized"):
+    TOKEN_WEIGHTS.register(_w, _w)
+DEFAULT_TOKEN_WEIGHTS = "uniform"
+
+
+def stream_weights(stream: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-token float64 weights ``[..., ]`` for a stream ``[..., H]`` (:data:`TOKEN_WEIGHTS`), mean 1 per call for
+    ``normalized`` (the scale is irrelevant to the fits; mean 1 keeps sums comparable to token counts)."""
+    if how == "uniform":
+        return torch.ones(stream.shape[:-1], dtype=torch.float64, device=stream.device)
+    w = 1.0 / stream.detach().double().pow(2).sum(-1).clamp_min(1e-12)
+    return w / w.mean()
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,9 @@ class RepairReport:
     seconds: float
     projections: list[ProjectionRepair] = field(default_factory=list)
     target: str = "layer"
+    #: indices chosen inside the repair (``LayerPlan.select_*``), per layer, in the dense layer's numbering
+    kept_neurons: dict[int, list[int]] = field(default_factory=dict)
+    kept_heads: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def mean_error_before(self) -> float:
@@ -159,10 +183,17 @@ class RepairReport:
 
 @dataclass
 class LayerPlan:
-    """What pruning keeps of one layer, in the *dense* layer's numbering (None = that part is not pruned)."""
+    """What pruning keeps of one layer, in the *dense* layer's numbering (None = that part is not pruned).
+
+    ``select_neurons`` / ``select_heads``: instead of given indices, keep this many, chosen inside the repair by
+    :func:`obs_select_columns` / :func:`obs_head_scores` on the layer's own calibration Gram matrix (criterion
+    ``obs``); the chosen indices are returned in :attr:`RepairReport.kept_neurons` / :attr:`RepairReport.kept_heads`.
+    """
 
     neurons: list[int] | None = None
     heads: list[int] | None = None
+    select_neurons: int | None = None
+    select_heads: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,16 +277,20 @@ class GramAccumulator:
         self.n = 0
         self.where = where
 
-    def add(self, z: torch.Tensor) -> None:
+    def add(self, z: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Add a batch of tokens ``z [..., I]``; ``weight [...]`` (mean 1, :func:`stream_weights`) weights each token
+        in both moments, so N stays the token count."""
         z = z.detach().reshape(-1, z.shape[-1])
         if not torch.isfinite(z).all():
             raise PrunelabError(f"calibration activations at {self.where} are not finite (NaN/inf): cannot repair")
+        w = None if weight is None else weight.reshape(-1, 1).to(device=z.device, dtype=torch.float64)
         # rows in chunks, so the float64 copy of a batch stays ≤ ROW_CHUNK_ELEMENTS (e.g. 2340 tokens at I = 14336)
         step = max(1, ROW_CHUNK_ELEMENTS // z.shape[1])
         for start in range(0, z.shape[0], step):
             c = z[start : start + step].to(torch.float64)
-            self.sum += c.sum(0)
-            self.gram.addmm_(c.T, c)
+            cw = c if w is None else c * w[start : start + step]
+            self.sum += cw.sum(0)
+            self.gram.addmm_(cw.T, c)
         self.n += z.shape[0]
 
 
@@ -319,6 +354,79 @@ def solve_repair(w: torch.Tensor, b0: torch.Tensor | None, acc: GramAccumulator,
 
 
 # ----------------------------------------------------------------------------------------------------------
+# selection by reconstruction error (criterion ``obs``)
+# ----------------------------------------------------------------------------------------------------------
+#: removal steps of :func:`obs_select_columns` at most: batches of ⌈removed / OBS_MAX_STEPS⌉ columns per step
+OBS_MAX_STEPS = 512
+
+
+def _ridged_inverse(acc: GramAccumulator, width_for_ridge: int, ridge: float | None) -> torch.Tensor:
+    """``(M + λI)⁻¹`` with ``M = G/N`` and ``λ`` as in :func:`solve_repair` (relative to the mean diagonal of M)."""
+    a = acc.gram / acc.n
+    lam = effective_ridge(ridge, width_for_ridge, acc.n) * float(torch.diagonal(a).mean())
+    torch.diagonal(a).add_(lam)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:
+        raise PrunelabError(f"the calibration Gram matrix of {acc.where} is singular: use a ridge > 0 or more "
+                            f"calibration tokens")
+    return torch.cholesky_inverse(chol)
+
+
+def obs_select_columns(w: torch.Tensor, acc: GramAccumulator, keep: int, ridge: float | None) -> list[int]:
+    """The ``keep`` input columns of ``w [H, I]`` to keep, by greedy Optimal Brain Surgeon removal with updates.
+
+    Structured OBS over columns that share one Hessian (SlimGPT, Ling et al., NeurIPS 2024, eq. 3–5; the column
+    case of ZipLM / OBC): with ``A = M + λI`` the ridged second moment of the column inputs (the ``ls`` objective
+    of the module docstring, λ as there), removing column j from the current weights and re-fitting the rest
+    optimally costs ``ε_j = ‖W_{:,j}‖² / [A⁻¹]_jj``. Each step removes the cheapest columns S, then updates the
+    remaining weights and the inverse by the block formulas ``W ← W − W_{:,S} ([A⁻¹]_SS)⁻¹ [A⁻¹]_{S,:}`` and
+    ``A⁻¹ ← A⁻¹ − [A⁻¹]_{:,S} ([A⁻¹]_SS)⁻¹ [A⁻¹]_{S,:}`` (the inverse of A with S deleted), so later choices see
+    the compensation of earlier ones. Only the *choice* is returned: the kept weights are then re-fitted in closed
+    form by :func:`solve_repair` (the same minimiser the updates reach).
+
+    Cost per step ``O(I² + H·I)`` float64; ``|S| = ⌈removed / OBS_MAX_STEPS⌉`` (SlimGPT's batched greedy), so at
+    most :data:`OBS_MAX_STEPS` steps: 614 removals of I = 1536 (SmolLM2-135M at 40 %) take 307 steps of 2, ≈ 0.3 s;
+    an 8B Llama's I = 14336 at 40 % ≈ 512 · 2 · 14336² ≈ 2·10¹¹ multiply-adds per layer (≈ 4 s at 55 GFLOP/s).
+    """
+    width = w.shape[1]
+    remove = width - keep
+    if remove <= 0:
+        return list(range(width))
+    hinv = _ridged_inverse(acc, keep, ridge)
+    w64 = w.detach().to(device=hinv.device, dtype=torch.float64).clone()
+    alive = torch.ones(width, dtype=torch.bool, device=hinv.device)
+    per_step = -(-remove // OBS_MAX_STEPS)
+    while remove > 0:
+        take = min(per_step, remove)
+        cost = (w64 * w64).sum(0) / torch.diagonal(hinv).clamp_min(torch.finfo(torch.float64).tiny)
+        cost[~alive] = float("inf")
+        s = torch.topk(cost, take, largest=False).indices
+        block = torch.linalg.inv(hinv[s.unsqueeze(1), s])  # [|S|, |S|]
+        rows = hinv[s]  # [A⁻¹]_{S,:}
+        w64 -= (w64[:, s] @ block) @ rows
+        hinv -= hinv[:, s] @ block @ rows
+        alive[s] = False
+        remove -= take
+    return torch.nonzero(alive).flatten().tolist()
+
+
+def obs_head_scores(w: torch.Tensor, acc: GramAccumulator, num_heads: int, head_dim: int, keep_columns: int,
+                    ridge: float | None) -> torch.Tensor:
+    """Per query head, the OBS cost of removing its ``head_dim`` input columns of ``o_proj`` (``w [H, heads·d]``)
+    alone from the dense weights: ``ε_h = tr(W_{:,C} ([A⁻¹]_CC)⁻¹ W_{:,C}ᵀ)`` (the group form of
+    :func:`obs_select_columns`' cost, ZipLM eq. 4), one-shot — heads are few, and GQA-valid selection
+    (:func:`prunelab.prune.width.select_heads`) keeps the heads of largest total cost."""
+    hinv = _ridged_inverse(acc, keep_columns, ridge)
+    w64 = w.detach().to(device=hinv.device, dtype=torch.float64)
+    scores = []
+    for h in range(num_heads):
+        c = slice(h * head_dim, (h + 1) * head_dim)
+        wc = w64[:, c]
+        scores.append(float(torch.einsum("hi,ij,hj->", wc, torch.linalg.inv(hinv[c, c]), wc)))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # bias storage (HF-native config switches)
 # ----------------------------------------------------------------------------------------------------------
 class TargetAccumulator:
@@ -330,18 +438,20 @@ class TargetAccumulator:
         self.sz, self.sy = torch.zeros(kept, **f64), torch.zeros(out, **f64)
         self.syy, self.n, self.where = 0.0, 0, where
 
-    def add(self, z: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> None:
         z, y = z.detach().reshape(-1, z.shape[-1]), y.detach().reshape(-1, y.shape[-1])
         if not (torch.isfinite(z).all() and torch.isfinite(y).all()):
             raise PrunelabError(f"calibration activations at {self.where} are not finite (NaN/inf): cannot repair")
+        w = None if weight is None else weight.reshape(-1, 1).to(device=z.device, dtype=torch.float64)
         step = max(1, ROW_CHUNK_ELEMENTS // max(z.shape[1], y.shape[1]))
         for start in range(0, z.shape[0], step):
             zc, yc = z[start : start + step].to(torch.float64), y[start : start + step].to(torch.float64)
-            self.szz.addmm_(zc.T, zc)
-            self.syz.addmm_(yc.T, zc)
-            self.sz += zc.sum(0)
-            self.sy += yc.sum(0)
-            self.syy += float((yc * yc).sum())
+            wc = torch.ones(zc.shape[0], 1, dtype=torch.float64, device=zc.device) if w is None else w[start : start + step]
+            self.szz.addmm_((zc * wc).T, zc)
+            self.syz.addmm_((yc * wc).T, zc)
+            self.sz += (zc * wc).sum(0)
+            self.sy += (yc * wc).sum(0)
+            self.syy += float((wc * yc * yc).sum())
         self.n += z.shape[0]
 
 
@@ -454,6 +564,27 @@ def _out(result) -> torch.Tensor:
     return result[0] if isinstance(result, tuple) else result
 
 
+def _accumulate(acc: GramAccumulator, module: nn.Module, run: Callable[[int], torch.Tensor], batches: int,
+                stream: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor], token_weights: str) -> None:
+    """Run ``run(b)`` for every batch and add ``module``'s input ``z`` to ``acc``, each token weighted by
+    :func:`stream_weights` of ``stream(b, module_output, run(b))``: the residual stream ``module``'s output is
+    added to."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(mod, args, out):
+        seen["z"], seen["out"] = args[0], out
+
+    handle = module.register_forward_hook(grab)
+    try:
+        for b in range(batches):
+            block_out = run(b)
+            z, out = seen.pop("z"), seen.pop("out")
+            h = stream(b, out, block_out)
+            acc.add(z, None if token_weights == "uniform" else stream_weights(h, token_weights))
+    finally:
+        handle.remove()
+
+
 def _head_columns(heads: Sequence[int], head_dim: int) -> torch.Tensor:
     return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
 
@@ -473,6 +604,8 @@ def repair_width(
     batch_size: int = 8,
     progress: bool = True,
     target: str = "layer",
+    choose_heads: Callable[[int, torch.Tensor], list[int]] | None = None,
+    token_weights: str = DEFAULT_TOKEN_WEIGHTS,
 ) -> RepairReport:
     """Prune-and-repair every layer in order (see module docstring); returns the per-projection errors.
 
@@ -481,7 +614,13 @@ def repair_width(
     :func:`prunelab.prune.width.prune_width` passes a function doing the surgery there (one dense layer alive at a
     time); :func:`prunelab.prune.adaptive.adapt_prune` returns copies kept from before its progressive pruning.
     Call :func:`check_repair` first; with a bias method, :func:`enable_biases` is applied here. ``target``: ``layer``
-    or ``model`` (module docstring).
+    or ``model`` (module docstring). ``token_weights``: :data:`TOKEN_WEIGHTS` — with ``normalized`` each token's
+    error is weighted by ``1/‖h‖²`` of the residual stream the projection's output is added to.
+
+    Plans with ``select_neurons`` / ``select_heads`` (criterion ``obs``, ``target="layer"`` and an ``ls`` method
+    only) leave that part of layer ``i`` dense in ``prepare(i)``; it is chosen here from the layer's Gram matrix,
+    cut with :func:`prunelab.models.surgery.prune_mlp_neurons` / ``prune_attention_heads`` and re-fitted.
+    ``choose_heads(i, scores)`` turns per-query-head OBS costs (:func:`obs_head_scores`) into a GQA-valid kept set.
     """
     start = time.perf_counter()
     m = REPAIRS.get(method)
@@ -489,6 +628,7 @@ def repair_width(
     was_training = model.training
     model.eval()
     REPAIR_TARGETS.get(target)
+    TOKEN_WEIGHTS.get(token_weights)
     if m.bias:
         enable_biases(model, mlp=any(p.neurons is not None for p in plans), attention=any(p.heads is not None for p in plans))
     states, kwargs = capture_layer_inputs(model, calibration, batch_size)
@@ -510,34 +650,56 @@ def repair_width(
                 layer = adapter.layers(model)[i]
                 if dense_states is not None:
                     dense_states = _repair_to_model(adapter, dense, layer, states, dense_states, kwargs, i, plan, m,
-                                                    ridge, report)
-                elif m.active and plan.heads is not None:
+                                                    ridge, report, token_weights)
+                elif m.active and (plan.heads is not None or plan.select_heads is not None):
                     lay = adapter.head_layout(dense)
                     acc = GramAccumulator(lay.num_heads * lay.head_dim, f"layer {i} o_proj", device)
-                    handle = adapter.module(dense, "o").register_forward_pre_hook(lambda mod, args: acc.add(args[0]))
-                    try:
-                        for b, h in enumerate(states):
-                            dense(h, **kwargs[b][i])
-                    finally:
-                        handle.remove()
+                    # o_proj's output lands in the stream h + attention: its magnitude weights the tokens
+                    _accumulate(acc, adapter.module(dense, "o"), lambda b: dense(states[b], **kwargs[b][i]),
+                                len(states), lambda b, out, _: states[b] + out, token_weights)
+                    heads = plan.heads
+                    if heads is None:  # chosen here (criterion obs), then cut
+                        if choose_heads is None:
+                            raise ValueError("repair_width: a plan selects heads but no choose_heads was given")  # a bug
+                        scores = obs_head_scores(adapter.module(dense, "o").weight, acc, lay.num_heads, lay.head_dim,
+                                                 plan.select_heads * lay.head_dim, ridge)
+                        heads = sorted(choose_heads(i, scores))
+                        report.kept_heads[i] = heads
+                        if len(heads) < lay.num_heads:
+                            prune_attention_heads(model, i, heads)
+                        layer = adapter.layers(model)[i]
                     _apply(adapter.module(dense, "o"), adapter.module(layer, "o"), acc,
-                           _head_columns(plan.heads, lay.head_dim), m, ridge, report, i, "o")
-                if dense_states is None and m.active and plan.neurons is not None:
+                           _head_columns(heads, lay.head_dim), m, ridge, report, i, "o")
+                if dense_states is None and m.active and plan.select_neurons is not None:
+                    # criterion obs: the layer's MLP is still dense here; its own Gram chooses the kept neurons
+                    acc = GramAccumulator(adapter.mlp_width(layer), f"layer {i} down_proj", device)
+                    _accumulate(acc, adapter.module(layer, "down"), lambda b: _out(layer(states[b], **kwargs[b][i])),
+                                len(states), lambda b, out, block_out: block_out, token_weights)
+                    down = adapter.module(layer, "down")
+                    neurons = obs_select_columns(down.weight, acc, plan.select_neurons, ridge)
+                    report.kept_neurons[i] = neurons
+                    if len(neurons) < down.weight.shape[1]:
+                        dense_down = nn.Linear(down.in_features, down.out_features, bias=down.bias is not None)
+                        dense_down.load_state_dict(down.state_dict())  # the dense weights, before the cut
+                        prune_mlp_neurons(model, i, neurons)
+                        layer = adapter.layers(model)[i]
+                        _apply(dense_down, adapter.module(layer, "down"), acc, torch.as_tensor(neurons), m, ridge,
+                               report, i, "down")
+                elif dense_states is None and m.active and plan.neurons is not None:
                     acc = GramAccumulator(adapter.mlp_width(dense), f"layer {i} down_proj", device)
                     dense_mlp = dense.get_submodule(mlp_path)
-                    inner = adapter.module(dense, "down").register_forward_pre_hook(lambda mod, args: acc.add(args[0]))
                     # the dense MLP runs on the input the pruned (and attention-repaired) layer really gives its MLP
                     def run_dense_mlp(mod, args, dense_mlp=dense_mlp):
-                        dense_mlp(args[0])  # its down_proj pre-hook accumulates the full intermediate
+                        dense_mlp(args[0])  # its down_proj hook (in _accumulate) sees the full intermediate
 
                     own_mlp = layer.get_submodule(mlp_path)
                     outer = (own_mlp.register_forward_pre_hook(run_dense_mlp) if own_mlp is not dense_mlp
                              else None)  # the same module (nothing removed): its own down_proj hook suffices
                     try:
-                        for b, h in enumerate(states):
-                            layer(h, **kwargs[b][i])
+                        _accumulate(acc, adapter.module(dense, "down"),
+                                    lambda b: _out(layer(states[b], **kwargs[b][i])), len(states),
+                                    lambda b, out, block_out: block_out, token_weights)
                     finally:
-                        inner.remove()
                         if outer is not None:
                             outer.remove()
                     _apply(adapter.module(dense, "down"), adapter.module(layer, "down"), acc,
@@ -557,7 +719,8 @@ def repair_width(
 
 def _repair_to_model(adapter, dense: nn.Module, layer: nn.Module, states: list[torch.Tensor],
                      dense_states: list[torch.Tensor], kwargs: list[list[dict]], i: int, plan: LayerPlan,
-                     m: RepairMethod, ridge: float | None, report: RepairReport) -> list[torch.Tensor]:
+                     m: RepairMethod, ridge: float | None, report: RepairReport,
+                     token_weights: str = DEFAULT_TOKEN_WEIGHTS) -> list[torch.Tensor]:
     """Re-fit layer ``i``'s pruned ``o_proj`` then ``down_proj`` toward the dense model's stream; returns the dense
     stream after layer ``i``. The residual stream a projection's output ``y`` is added to is recovered as
     ``(stream after the sub-block) − y`` (no post-norm: :func:`check_repair`)."""
@@ -585,10 +748,12 @@ def _repair_to_model(adapter, dense: nn.Module, layer: nn.Module, states: list[t
             for b, h in enumerate(states):
                 out = _out(layer(h, **kwargs[b][i]))
                 if name == "o":  # the attention residual: the layer's input; its dense target: D_in + dense attention
-                    goal = dense_states[b] + o_dense[b] - h
+                    stream = dense_states[b] + o_dense[b]
+                    goal = stream - h
                 else:  # the MLP residual: the stream after attention = layer output − MLP output
-                    goal = dense_next[b] - (out - seen["y"])
-                acc.add(seen["z"], goal.reshape(-1, hidden))
+                    stream = dense_next[b]
+                    goal = stream - (out - seen["y"])
+                acc.add(seen["z"], goal.reshape(-1, hidden), stream_weights(stream, token_weights))
         finally:
             hook.remove()
         w_new, bias, rec = solve_to_target(lin.weight, lin.bias, acc, m, ridge)

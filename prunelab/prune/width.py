@@ -26,8 +26,8 @@ from prunelab.models.adapters import HeadLayout, adapter_for
 from prunelab.models.counts import count_parameters
 from prunelab.models.surgery import prune_attention_heads, prune_mlp_neurons, sync_config
 from prunelab.prune.calibration_stats import CalibrationStats, check_calibration, collect_statistics
-from prunelab.prune.criteria import CRITERIA, LayerScores
-from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS, LayerPlan, RepairReport, check_repair, repair_width
+from prunelab.prune.criteria import CRITERIA, LayerScores, check_criterion_use
+from prunelab.prune.repair import DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, REPAIRS, TOKEN_WEIGHTS, LayerPlan, RepairReport, check_repair, repair_width
 
 _EPS = 1e-9  # guards int(r·n) against 0.29·100 = 28.999… style float error
 
@@ -215,6 +215,7 @@ def prune_width(
     repair: str = "none",
     ridge: float | None = DEFAULT_RIDGE,
     repair_target: str = "layer",
+    token_weights: str = DEFAULT_TOKEN_WEIGHTS,
 ) -> WidthPruneReport:
     """Prune every layer's MLP neurons (and optionally attention heads) in place by ``criterion``.
 
@@ -222,10 +223,11 @@ def prune_width(
     ``calibration`` ([n, L] token ids) or, if None, ``calibration_batch(tokenizer, calibration_samples,
     calibration_seq_len, calibration_source, seed)``. ``repair`` (``none``, ``bias``, ``ls``, ``ls+bias``) re-fits
     the kept weights layer by layer on the same calibration batch (:func:`prunelab.prune.repair.repair_width`,
-    relative ridge ``ridge``).
+    relative ridge ``ridge``; ``token_weights`` uniform or normalized, :data:`prunelab.prune.repair.TOKEN_WEIGHTS`).
     """
     start = time.perf_counter()
-    crit = CRITERIA.get(criterion)
+    crit = check_criterion_use(criterion, repair, repair_target)
+    TOKEN_WEIGHTS.get(token_weights)
     adapter = adapter_for(model)
     layers = adapter.layers(model)
     widths = [adapter.mlp_width(layer) for layer in layers]
@@ -248,16 +250,17 @@ def prune_width(
     before = count_parameters(model)
 
     t0 = time.perf_counter()
-    scores, _ = compute_scores(model, criterion, calibration, seed, batch_size, progress,
-                               heads=any(k < lay.num_heads for k, lay in zip(kept_heads_n, layouts)))
-    score_seconds = time.perf_counter() - t0
-
     kept_neurons, kept_heads = [], []
-    for i in range(len(layers)):
-        keep = select_neurons(scores[i].mlp, kept_widths[i])
-        heads = select_heads(layouts[i], scores[i].heads, scores[i].kv, kept_heads_n[i])
-        kept_neurons.append(keep)
-        kept_heads.append(heads)
+    if crit.selects_in_repair:  # chosen layer by layer inside repair_width; until then every layer stays whole
+        kept_neurons = [list(range(w)) for w in widths]
+        kept_heads = [list(range(lay.num_heads)) for lay in layouts]
+    else:
+        scores, _ = compute_scores(model, criterion, calibration, seed, batch_size, progress,
+                                   heads=any(k < lay.num_heads for k, lay in zip(kept_heads_n, layouts)))
+        for i in range(len(layers)):
+            kept_neurons.append(select_neurons(scores[i].mlp, kept_widths[i]))
+            kept_heads.append(select_heads(layouts[i], scores[i].heads, scores[i].kv, kept_heads_n[i]))
+    score_seconds = time.perf_counter() - t0
     # surgery only after every layer's selection is known (scores refer to the unpruned model)
     def surgery(i: int) -> nn.Module:
         dense = adapter.layers(model)[i]
@@ -269,10 +272,24 @@ def prune_width(
 
     repair_report = None
     if fix.active:  # layer by layer: layer i is pruned right before it is repaired, one dense layer alive at a time
-        plans = [LayerPlan(kept_neurons[i] if pruned_mlp[i] else None, kept_heads[i] if pruned_attn[i] else None)
-                 for i in range(len(layers))]
+        if crit.selects_in_repair:
+            plans = [LayerPlan(select_neurons=kept_widths[i] if pruned_mlp[i] else None,
+                               select_heads=kept_heads_n[i] if pruned_attn[i] else None) for i in range(len(layers))]
+        else:
+            plans = [LayerPlan(kept_neurons[i] if pruned_mlp[i] else None, kept_heads[i] if pruned_attn[i] else None)
+                     for i in range(len(layers))]
+
+        def choose_heads(i: int, cost: torch.Tensor) -> list[int]:
+            # keep the GQA-valid set of largest total removal cost; KV groups carry no cost of their own
+            return select_heads(layouts[i], cost, torch.zeros(layouts[i].num_kv_heads), kept_heads_n[i])
+
         repair_report = repair_width(model, calibration, plans, surgery, repair, ridge, batch_size=batch_size,
-                                     progress=progress, target=repair_target)
+                                     progress=progress, target=repair_target, choose_heads=choose_heads,
+                                     token_weights=token_weights)
+        for i, chosen in repair_report.kept_neurons.items():
+            kept_neurons[i] = chosen
+        for i, chosen in repair_report.kept_heads.items():
+            kept_heads[i] = chosen
     else:
         for i in range(len(layers)):
             surgery(i)
