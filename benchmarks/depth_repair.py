@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration windows (LAMBADA calibration pool)")
     ap.add_argument("--calib-seq-len", type=int, default=128)
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of the linear map (default: auto)")
+    ap.add_argument("--token-weights", default="normalized",
+                    help="comma list of token weightings of the fits (normalized, uniform): each compensation is "
+                         "run with each (prunelab.prune.repair.TOKEN_WEIGHTS)")
     ap.add_argument("--ppl-windows", type=int, default=0, help="WikiText-2 windows of 512 tokens (0: the whole file)")
     ap.add_argument("--arc-limit", type=int, default=500, help="ARC-Easy items (0: skip)")
     ap.add_argument("--compensated-search", action="store_true",
@@ -78,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.models import count_parameters, load
     from prunelab.prune.depth import search_blocks
     from prunelab.prune.depth_repair import COMPENSATIONS, compensate_and_remove
-    from prunelab.prune.repair import DEFAULT_RIDGE
+    from prunelab.prune.repair import DEFAULT_RIDGE, TOKEN_WEIGHTS
     from prunelab.errors import PrunelabError
     from prunelab.stats import accuracy_difference, mean_ci, perplexity_ratio
 
     ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
     comps = COMPENSATIONS.parse_list(args.compensations)
+    weightings = TOKEN_WEIGHTS.parse_list(args.token_weights)  # the first one also serves a compensated search
     lm = load(args.model)
     dense, tok = lm.model, lm.tokenizer
     text = load_wikitext2_text()
@@ -121,17 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     for search, searched_with in cells:
         t0 = time.perf_counter()
         res = search_blocks(dense, args.k, "perplexity", search, calibration=cal, progress=False,
-                            compensate=searched_with, ridge=ridge)
+                            compensate=searched_with, ridge=ridge, token_weights=weightings[0])
         search_s = time.perf_counter() - t0
         if searched_with != "none":
             search = f"{search} (searched with {searched_with})"
         print(f"{search}: removed {res.removed} ({res.candidates} candidates, {search_s:.0f}s)", flush=True)
         base = None
-        for comp in (comps if searched_with == "none" else ["none", searched_with]):
+        variants = [(c, w) for c in (comps if searched_with == "none" else ["none", searched_with])
+                    for w in (["uniform"] if c == "none" else weightings)]
+        for comp, weighting in variants:
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
             try:
-                rep = compensate_and_remove(model, res.removed, cal, comp, ridge, progress=False)
+                rep = compensate_and_remove(model, res.removed, cal, comp, ridge, progress=False,
+                                            token_weights=weighting)
+                if comp != "none" and len(weightings) > 1:
+                    comp = f"{comp} ({weighting})"
             except PrunelabError as exc:  # e.g. linear refused for a run starting at block 0: report, keep going
                 print(f"  {comp:7s} refused: {exc}", flush=True)
                 rows.append({"search": search, "compensation": comp, "removed": res.removed, "error": str(exc)})

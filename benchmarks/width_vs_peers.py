@@ -304,8 +304,9 @@ def print_repair_table(records, dense_row) -> None:
             "*" if d.get("significant") else "")
 
     print("\n### Repair without retraining (issue 19): each criterion × repair vs the same cell without repair\n")
-    arc = "" if dense_row["arc"] is None else f", ARC-Easy {dense_row['arc']:.1f}"
-    print(f"dense: ppl {dense_row['ppl']:.2f}{arc}")
+    if dense_row is not None:
+        arc = "" if dense_row["arc"] is None else f", ARC-Easy {dense_row['arc']:.1f}"
+        print(f"dense: ppl {dense_row['ppl']:.2f}{arc}")
     print("\n| MLP sparsity | criterion | repair | params (M) | WikiText-2 ppl | ppl × vs none [95% CI] | ARC-Easy % "
           "[95% CI] | Δ ARC pp vs none [95% CI] | prune s | of which repair s | forward ms (× vs none) |\n"
           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -336,7 +337,8 @@ def main() -> None:
     ap.add_argument("--amplitudes", default="0.02", help="comma list of Adapt-Pruner amplitudes A")
     ap.add_argument("--adaptive-criteria", default="taylor",
                     help="comma list of within-layer criteria (non-Taylor ones run MLP-only)")
-    ap.add_argument("--skip", default="", help="comma list of method names to skip (e.g. 'torch-pruning Taylor')")
+    ap.add_argument("--skip", default="", help="comma list of method names to skip (e.g. 'torch-pruning Taylor'; "
+                                               "'dense': no dense row)")
     ap.add_argument("--adaptive-mlp-only", action="store_true", help="also run Adapt-Pruner restricted to MLP neurons")
     ap.add_argument("--repairs", default=None,
                     help="comma list of repairs (none, bias, ls, ls+bias, each optionally @model, e.g. ls@model; "
@@ -345,6 +347,8 @@ def main() -> None:
     ap.add_argument("--criteria", default=None,
                     help="prunelab cells of the repair grid: maw_hybrid, taylor, adaptive, obs (default all four)")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of --repairs ls (default: auto)")
+    ap.add_argument("--token-weights", default="normalized", choices=("normalized", "uniform"),
+                    help="token weighting of the repairs' fits (prunelab.prune.repair.TOKEN_WEIGHTS)")
     ap.add_argument("--peers", default=None, choices=("auto", "yes", "no"),
                     help="OptiPFair / torch-pruning rows: auto (default: if both import), yes (fail if missing), no")
     ap.add_argument("--latency-reps", type=int, default=None, help="forward passes timed per model (median; default 7)")
@@ -427,8 +431,9 @@ def main() -> None:
                       f"ARC-e {'n/a' if acc is None else f'{acc:5.1f}'}  prune {seconds:6.2f}s (cpu {cpu:6.2f}s)  {extra}")
         return row
 
-    rows = [evaluate_row("dense", dense, 0.0)]
-    dense_row = rows[0]
+    # --skip dense: a run that adds cells to an earlier one (the dense numbers do not change between runs)
+    rows = [] if "dense" in skip else [evaluate_row("dense", dense, 0.0)]
+    dense_row = rows[0] if rows else None
     for ratio in [float(r) for r in args.ratios.split(",")]:
         console.rule(f"MLP sparsity {ratio:.0%}")
         kept = {}
@@ -454,7 +459,7 @@ def main() -> None:
 
         def repair_kw(fix):
             method, target = split_repair(fix)
-            return {"repair": method, "repair_target": target}
+            return {"repair": method, "repair_target": target, "token_weights": args.token_weights}
 
         def uniform(crit):
             def fn(m, f):

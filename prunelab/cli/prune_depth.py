@@ -67,6 +67,9 @@ def prune_depth_cmd(
     compensated_search: bool = typer.Option(False, "--compensated-search", help="Score every search candidate with "
                                             "--compensate applied (one-shot/greedy/beam, perplexity; ~2.5 uncached "
                                             "passes per candidate)."),
+    token_weights: str = typer.Option("normalized", "--token-weights", help="--compensate: weight of each "
+                                      "calibration token in the fit of T / α — normalized (1/‖stream‖², as the next "
+                                      "RMSNorm sees errors; default) or uniform."),
     json_out: Path = JsonOpt,
     overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
@@ -86,9 +89,10 @@ def prune_depth_cmd(
     calib = calibration_options(objective, calib_samples, calib_seq_len, calib_source, mc_source, batch_size)
     from prunelab.errors import PrunelabError
     from prunelab.prune.depth_repair import COMPENSATIONS
-    from prunelab.prune.repair import DEFAULT_RIDGE
+    from prunelab.prune.repair import DEFAULT_RIDGE, TOKEN_WEIGHTS
 
     COMPENSATIONS.get(compensate)
+    TOKEN_WEIGHTS.get(token_weights)
     ridge = DEFAULT_RIDGE if ridge is None else ridge
     if ridge is not None and not ridge >= 0:
         raise PrunelabError(f"--ridge must be ≥ 0, got {ridge}")
@@ -107,7 +111,7 @@ def prune_depth_cmd(
     check_family(lm.model, compensate)  # e.g. linear on Gemma2: refused before the search, not after it
     res = search_blocks(lm.model, remove, objective, search, tokenizer=lm.tokenizer, seed=seed, options=opts,
                         calibration_options=calib, compensate=compensate if compensated_search else "none",
-                        ridge=ridge)
+                        ridge=ridge, token_weights=token_weights)
     comp = None
     if compensate == "none":
         remove_layers(lm.model, res.removed)
@@ -121,7 +125,7 @@ def prune_depth_cmd(
                                    else 32, seq_len=calib_seq_len, source=calib_source, seed=seed)
         check_compensation(lm.model, res.removed, compensate, ridge, tokens)
         comp = compensate_and_remove(lm.model, res.removed, tokens, compensate, ridge,
-                                     batch_size=calib.get("batch_size", 8))
+                                     batch_size=calib.get("batch_size", 8), token_weights=token_weights)
         res.stats["compensation"] = {k: v for k, v in to_jsonable(comp).items() if k != "transforms"}
     save(lm.model, lm.tokenizer, out, metadata={"depth_pruning": {"source": lm.source, **res.__dict__,
                                                                     "calibration": calib}})

@@ -64,6 +64,9 @@ def prune_width_cmd(
     repair_target: str = typer.Option("layer", "--repair-target", help="--repair: what the re-fitted projections "
                                       "reproduce — layer (each dense layer on the repaired input) or model (the dense "
                                       "model's hidden states, also correcting earlier layers' drift)."),
+    token_weights: str = typer.Option("normalized", "--token-weights", help="--repair ls: weight of each calibration "
+                                      "token in the fit — normalized (1/‖stream‖², as the next RMSNorm sees errors; "
+                                      "default) or uniform."),
     json_out: Path = JsonOpt,
     overwrite: bool = OverwriteOpt,
     dtype: str = DtypeOpt,
@@ -76,10 +79,11 @@ def prune_width_cmd(
     amplitudes = parse_amplitudes(amplitude)
     ablation = adaptive and len(amplitudes) > 1
     CRITERIA.get(criterion)
-    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIR_TARGETS, REPAIRS
+    from prunelab.prune.repair import DEFAULT_RIDGE, REPAIR_TARGETS, REPAIRS, TOKEN_WEIGHTS
 
     REPAIRS.get(repair)
     REPAIR_TARGETS.get(repair_target)
+    TOKEN_WEIGHTS.get(token_weights)
     check_criterion_use(criterion, repair, repair_target, adaptive)
     ridge = DEFAULT_RIDGE if ridge is None else ridge
     if ridge is not None and not ridge >= 0:
@@ -102,12 +106,14 @@ def prune_width_cmd(
 
     start = time.perf_counter()
     kw = dict(calibration_samples=calib_samples, calibration_seq_len=calib_seq_len, calibration_source=calibration,
-              batch_size=batch_size, repair=repair, ridge=ridge, repair_target=repair_target)
+              batch_size=batch_size, repair=repair, ridge=ridge, repair_target=repair_target,
+              token_weights=token_weights)
     if ablation:
         abl = _ablation(lm, ratio, amplitudes, steps, prune_heads, criterion, calibration, calib_samples,
                         calib_seq_len, batch_size, seed, ppl_windows, heldout_samples, json_out,
                         keep_best=output is not None, repair_kw={"repair": repair, "ridge": ridge,
-                                                                        "repair_target": repair_target})
+                                                                        "repair_target": repair_target,
+                                                                        "token_weights": token_weights})
         if output is None:
             return
         report = abl.reports[abl.rows.index(abl.selected)]

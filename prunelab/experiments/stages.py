@@ -178,7 +178,7 @@ def _prune(lm: Any, pruning: PruningSpec, seed: int) -> dict[str, Any]:
                                  criterion=pruning.criterion,
                                  steps=pruning.steps, calibration=_calibration(lm.tokenizer, calibration, seed),
                                  repair=pruning.repair, ridge=pruning.ridge,
-                                 repair_target=pruning.repair_target)
+                                 repair_target=pruning.repair_target, token_weights=pruning.token_weights)
         else:
             from prunelab.prune.width import prune_width
 
@@ -187,7 +187,7 @@ def _prune(lm: Any, pruning: PruningSpec, seed: int) -> dict[str, Any]:
                                  round_to=pruning.round_to, seed=seed, calibration_samples=calibration.samples,
                                  calibration_seq_len=calibration.seq_len, calibration_source=calibration.source,
                                  repair=pruning.repair, ridge=pruning.ridge,
-                                 repair_target=pruning.repair_target)
+                                 repair_target=pruning.repair_target, token_weights=pruning.token_weights)
         return {"report": _small(to_jsonable(report))}
     if pruning.kind == "depth":
         from prunelab.models import remove_layers

@@ -40,7 +40,7 @@ from prunelab.models.counts import count_parameters
 from prunelab.models.surgery import prune_attention_heads, prune_mlp_neurons, sync_config
 from prunelab.prune.calibration_stats import collect_statistics
 from prunelab.prune.criteria import CRITERIA, LayerScores, check_criterion_use
-from prunelab.prune.repair import DEFAULT_RIDGE, REPAIRS, LayerPlan, RepairReport, check_repair, repair_width
+from prunelab.prune.repair import DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, REPAIRS, TOKEN_WEIGHTS, LayerPlan, RepairReport, check_repair, repair_width
 from prunelab.prune.width import best_heads_for, resolve_calibration, select_neurons
 
 MAX_LAYER_SPARSITY = 0.95
@@ -186,6 +186,7 @@ def adapt_prune(
     repair: str = "none",
     ridge: float | None = DEFAULT_RIDGE,
     repair_target: str = "layer",
+    token_weights: str = DEFAULT_TOKEN_WEIGHTS,
 ) -> AdaptiveReport:
     """Adapt-Pruner in place: ``ratio`` = target sparsity of the decoder-block parameters (see module docstring).
 
@@ -204,6 +205,7 @@ def adapt_prune(
     fix = REPAIRS.get(repair)
     # the kept widths are not known yet: the width check is repeated with them after pruning (nothing saved yet)
     check_repair(model, repair, ridge, calibration, True, prune_heads, target=repair_target)
+    TOKEN_WEIGHTS.get(token_weights)
     adapter = adapter_for(model)
     before = count_parameters(model)
     orig = [_block_params(layer) for layer in adapter.layers(model)]
@@ -255,7 +257,8 @@ def adapt_prune(
                          + [len(p.heads) * hd for p, hd in zip(plans, head_dims) if p.heads is not None], default=0),
                      target=repair_target)
         repair_report = repair_width(model, calibration, plans, dense_layers.__getitem__, repair, ridge,
-                                     batch_size=batch_size, progress=progress, target=repair_target)
+                                     batch_size=batch_size, progress=progress, target=repair_target,
+                                     token_weights=token_weights)
         del dense_layers
     sync_config(model)
     after = count_parameters(model)

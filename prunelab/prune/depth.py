@@ -27,7 +27,7 @@ from prunelab.models.surgery import remove_layers
 from prunelab.prune.block_evaluator import BlockEvaluator, blocks_removed
 from prunelab.prune.depth_objectives import OBJECTIVES, Objective
 from prunelab.prune.depth_search import SEARCH_DEFAULTS, SEARCHES, minimise_quadratic
-from prunelab.prune.repair import DEFAULT_RIDGE
+from prunelab.prune.repair import DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS
 
 __all__ = [
     "OBJECTIVES", "SEARCHES", "SEARCH_DEFAULTS", "SearchResult", "BlockEvaluator", "Objective",
@@ -85,7 +85,7 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
                   cache_bytes: int = 2 << 30, batch_tokens: int = 8192, screen: bool = True,
                   progress: bool = True,
                   on_evaluate: Callable[[int], None] | None = None, compensate: str = "none",
-                  ridge: float | None = DEFAULT_RIDGE) -> SearchResult:
+                  ridge: float | None = DEFAULT_RIDGE, token_weights: str = DEFAULT_TOKEN_WEIGHTS) -> SearchResult:
     """Find ``k`` blocks to remove from ``model`` (not modified) with ``search`` under ``objective``.
 
     ``options`` override the search's study defaults (:data:`SEARCH_DEFAULTS`, e.g. ``{"trials": 50}`` for
@@ -155,7 +155,7 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
 
         tokens = torch.cat([b.input_ids for b in obj.batches])
         ev = CompensatedEvaluator(model, obj, tokens, compensate, ridge, batch_size=len(obj.batches[0].input_ids),
-                                  on_evaluate=callback)
+                                  on_evaluate=callback, token_weights=token_weights)
     else:
         ev = BlockEvaluator(model, obj, cached=cached, cache_bytes=cache_bytes, on_evaluate=callback,
                             batch_tokens=batch_tokens, screen=screen)
@@ -186,7 +186,7 @@ def search_blocks(model: nn.Module, k: int, objective: str | Objective = "perple
 
 def prune_depth(model: nn.Module, tokenizer, k: int, objective: str = "perplexity", search: str = "greedy",
                 calibration=None, seed: int = 0, *, compensate: str = "none", ridge: float | None = DEFAULT_RIDGE,
-                compensate_calibration=None, **kwargs) -> SearchResult:
+                compensate_calibration=None, token_weights: str = DEFAULT_TOKEN_WEIGHTS, **kwargs) -> SearchResult:
     """:func:`search_blocks` then :func:`remove_layers` in place; returns the search result.
 
     ``compensate`` (``none``, ``linear``, ``scale``; :mod:`prunelab.prune.depth_repair`) folds a compensation for the
@@ -207,6 +207,6 @@ def prune_depth(model: nn.Module, tokenizer, k: int, objective: str = "perplexit
         return res
     check_compensation(model, res.removed, compensate, ridge, compensate_calibration)
     comp = compensate_and_remove(model, res.removed, compensate_calibration, compensate, ridge,
-                                 progress=kwargs.get("progress", True))
+                                 progress=kwargs.get("progress", True), token_weights=token_weights)
     res.stats["compensation"] = comp
     return res

@@ -300,8 +300,9 @@ class CompensatedEvaluator:
     """
 
     def __init__(self, model: nn.Module, objective, calibration: torch.Tensor, method: str, ridge: float | None,
-                 batch_size: int = 8, on_evaluate=None) -> None:
+                 batch_size: int = 8, on_evaluate=None, token_weights: str = DEFAULT_TOKEN_WEIGHTS) -> None:
         self.model = model
+        self.token_weights = token_weights
         self.objective = objective
         self.calibration = calibration
         self.method = method
@@ -343,7 +344,7 @@ class CompensatedEvaluator:
             saved = [p.detach().clone() for p in params]
             try:
                 fold_compensation(self.model, sorted(s), self.calibration, self.method, self.ridge,
-                                  batch_size=self.batch_size, progress=False)
+                                  batch_size=self.batch_size, progress=False, token_weights=self.token_weights)
                 dec = self.adapter.decoder(self.model)
                 with blocks_removed(self.model, s):
                     normed = [dec(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)

@@ -111,7 +111,7 @@ def effective_ridge(ridge: float | None, width: int, tokens: int) -> float:
 TOKEN_WEIGHTS: Registry[str] = Registry("token weighting")
 for _w in ("uniform", "normalized"):
     TOKEN_WEIGHTS.register(_w, _w)
-DEFAULT_TOKEN_WEIGHTS = "uniform"
+DEFAULT_TOKEN_WEIGHTS = "normalized"  # measured better on SmolLM2-135M: README, "Repair without retraining"
 
 
 def stream_weights(stream: torch.Tensor, how: str) -> torch.Tensor:
@@ -357,7 +357,7 @@ def solve_repair(w: torch.Tensor, b0: torch.Tensor | None, acc: GramAccumulator,
 # selection by reconstruction error (criterion ``obs``)
 # ----------------------------------------------------------------------------------------------------------
 #: removal steps of :func:`obs_select_columns` at most: batches of ⌈removed / OBS_MAX_STEPS⌉ columns per step
-OBS_MAX_STEPS = 512
+OBS_MAX_STEPS = 128
 
 
 def _ridged_inverse(acc: GramAccumulator, width_for_ridge: int, ridge: float | None) -> torch.Tensor:
@@ -384,9 +384,10 @@ def obs_select_columns(w: torch.Tensor, acc: GramAccumulator, keep: int, ridge: 
     the compensation of earlier ones. Only the *choice* is returned: the kept weights are then re-fitted in closed
     form by :func:`solve_repair` (the same minimiser the updates reach).
 
-    Cost per step ``O(I² + H·I)`` float64; ``|S| = ⌈removed / OBS_MAX_STEPS⌉`` (SlimGPT's batched greedy), so at
-    most :data:`OBS_MAX_STEPS` steps: 614 removals of I = 1536 (SmolLM2-135M at 40 %) take 307 steps of 2, ≈ 0.3 s;
-    an 8B Llama's I = 14336 at 40 % ≈ 512 · 2 · 14336² ≈ 2·10¹¹ multiply-adds per layer (≈ 4 s at 55 GFLOP/s).
+    Cost per step ``O(I² + H·I)`` float64 (the rank-|S| update of ``A⁻¹`` is memory-bound: ≈ 8 ms per step for
+    I = 1536 on the 2-core benchmark CPU); ``|S| = ⌈removed / OBS_MAX_STEPS⌉`` (SlimGPT's batched greedy), so at
+    most :data:`OBS_MAX_STEPS` steps: 614 removals of I = 1536 (SmolLM2-135M at 40 %) take 123 steps of 5, ≈ 1 s
+    per layer; an 8B Llama's I = 14336 at 40 %: 128 · 2 · 14336² ≈ 5·10¹⁰ multiply-adds per layer.
     """
     width = w.shape[1]
     remove = width - keep

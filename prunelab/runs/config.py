@@ -105,14 +105,19 @@ class WidthPruning(_Strict):
     ridge: float | None = Field(None, ge=0.0)
     #: what a re-fitted projection reproduces: the dense ``layer`` on the repaired input, or the dense ``model``'s stream
     repair_target: Literal["layer", "model"] = "layer"
+    #: token weighting of the repair's fits (:data:`prunelab.prune.repair.TOKEN_WEIGHTS`; default ``normalized``)
+    token_weights: Literal["uniform", "normalized"] = "normalized"
 
     @model_serializer(mode="wrap")
     def _omit_default_repair(self, handler):
-        # left out when unset, so specs written before repair existed keep their config hashes (and stored results)
+        # left out when unset, so specs written before repair existed keep their config hashes (and stored results).
+        # token_weights is kept whenever a repair runs: repairs stored before it existed were fitted uniformly, so
+        # a spec of theirs must not hash like today's default (it reruns rather than reusing a different fit)
         data = handler(self)
         if isinstance(data, dict):
             if data.get("repair") == "none":
                 data.pop("repair", None)
+                data.pop("token_weights", None)
             if data.get("ridge") is None:
                 data.pop("ridge", None)
             if data.get("repair_target") == "layer":
@@ -132,6 +137,8 @@ class WidthPruning(_Strict):
             self.name = f"{'adaptive' if self.adaptive else 'width'}-{self.criterion}-{size}"
             if self.repair != "none":
                 self.name += f"+{self.repair}" + ("" if self.repair_target == "layer" else f"@{self.repair_target}")
+                if self.token_weights != "normalized":
+                    self.name += f"~{self.token_weights}"
         return self
 
 
