@@ -375,7 +375,11 @@ class RunConfig:
         context = {STORED_CONFIG: True}
         try:
             model = ModelSpec.model_validate(values["model"], context=context)
-            pruning = _PRUNING.validate_python(values["pruning"], context=context)
+            stored_pruning = dict(values["pruning"])
+            if stored_pruning.get("kind") == "width" and stored_pruning.get("repair", "none") != "none":
+                # a repair stored before token weighting existed was fitted with every token alike
+                stored_pruning.setdefault("token_weights", "uniform")
+            pruning = _PRUNING.validate_python(stored_pruning, context=context)
             stored_eval = dict(values.get("eval") or {})
             # a config stored before prompt protocols existed was evaluated with raw prompts (not today's default)
             stored_eval.setdefault("protocol", "raw")

@@ -258,6 +258,13 @@ def test_spec_repair_field_keeps_old_hashes():
     assert to_model.model_dump()["repair_target"] == "model" and to_model.name.endswith("+ls@model")
     with pytest.raises(ValidationError):
         WidthPruning(ratio=0.4, repair="ls", repair_target="global")
+    # the token weighting: absent without a repair; present with one, so a repair stored before the weighting
+    # existed (fitted uniformly, no field) never hashes like today's normalized default
+    assert "token_weights" not in plain and fixed.model_dump()["token_weights"] == "normalized"
+    uniform = WidthPruning(ratio=0.4, repair="ls", token_weights="uniform")
+    assert uniform.model_dump()["token_weights"] == "uniform" and uniform.name.endswith("+ls~uniform")
+    with pytest.raises(ValidationError):
+        WidthPruning(ratio=0.4, repair="ls", token_weights="sink")
     with pytest.raises(ValidationError):
         WidthPruning(ratio=0.4, repair="ls", ridge=-1)
 
