@@ -59,6 +59,22 @@ Two targets (:data:`REPAIR_TARGETS`, ``target=``):
   (Gemma2) are refused for it. Measured on SmolLM2-135M (40 % maw_hybrid MLP, 64 × 256 LAMBADA calibration tokens,
   the whole WikiText-2 test file): none 123.3, ``ls`` layer 89.5, ``ls`` model 87.4 (×0.976 of the layer target's).
 
+Token weighting (:data:`TOKEN_WEIGHTS`, ``token_weights=``; default ``normalized``). Every moment above is a mean
+over tokens; ``normalized`` makes it a weighted mean with ``w_t ∝ 1/‖h_t‖²``, ``h_t`` the residual stream the
+projection's output is added to (the stream after the add; for the ``model`` target the dense one). The next block
+reads the stream through an RMSNorm, so an output error ``e_t`` reaches it as ``e_t/rms(h_t)``: the weighted
+objective ``Σ_t ‖e_t‖²/‖h_t‖²`` is the error the rest of the model sees. Uniformly, SmolLM2-135M's attention-sink
+tokens (a window's first token: ‖h‖ ≈ 22 500 after block 20 vs a median of 221) hold 98 % of ``Σ‖h‖²`` in the
+middle blocks, so the plain fit spends itself on one token in 256. Measured (40 % maw_hybrid, 64 × 256 LAMBADA
+calibration tokens, first 64 WikiText-2 windows): ``ls`` uniform 87.3, normalized 86.1. The weights have mean 1 per
+batch, so ``N`` stays the token count and the auto ridge is unchanged.
+
+Selection inside the repair (criterion ``obs``, :func:`obs_select_columns`): instead of scoring neurons up front,
+each layer's kept columns are chosen by Optimal Brain Surgeon on that layer's own Gram matrix, then re-fitted as
+``ls``. Measured on SmolLM2-135M it is *worse* than maw_hybrid + ``ls`` (40 %, first 64 windows: 101.6 vs 87.3
+uniform, 104.7 vs 86.1 normalized), although its calibration reconstruction error is lower (0.064 vs 0.066): the
+choice that reconstructs calibration activations best does not transfer to WikiText-2 here.
+
 Memory and time (the Gram matrix is O(I²) per projection; only one exists at a time). ``down_proj``: I = the GLU
 width — 1536² · 8 B = 19 MB for SmolLM2-135M; for an 8B Llama (I = 14336) 14336² · 8 B = 1.64 GB, and the solve adds
 the kept block ``S_KK + λI`` and its Cholesky factor (|K| = 8602 at 40 %: 2 × 0.59 GB) and the cross block ``S_KR``
