@@ -41,7 +41,7 @@ def test_static_criteria_hand_computed(family, name, expected):
     assert scores[0].mlp[0].item() == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", CRITERIA.names())
+@pytest.mark.parametrize("name", [n for n in CRITERIA.names() if not CRITERIA.get(n).selects_in_repair])
 def test_shapes_and_determinism(family, name):
     model = tiny_model(family)
     a, _ = compute_scores(model, name, CAL, seed=3, progress=False)
@@ -126,3 +126,10 @@ def test_maw_matches_optipfair_static_and_hybrid():
             torch.testing.assert_close(static[n][i].mlp, fn(g, u), rtol=0, atol=0)
         torch.testing.assert_close(hybrid[i].mlp, mlp_glu.compute_neuron_pair_importance_maw_hybrid(g, u, d, theirs[i]),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_criteria_chosen_in_the_repair_have_no_scores():
+    from prunelab.errors import PrunelabError
+
+    with pytest.raises(PrunelabError, match="chooses inside the repair"):
+        compute_scores(tiny_model("llama"), "obs", CAL, progress=False)
