@@ -39,7 +39,7 @@ from prunelab.models.adapters import adapter_for
 from prunelab.models.counts import count_parameters
 from prunelab.models.surgery import prune_attention_heads, prune_mlp_neurons, sync_config
 from prunelab.prune.calibration_stats import collect_statistics
-from prunelab.prune.criteria import CRITERIA, LayerScores, check_criterion_use
+from prunelab.prune.criteria import CRITERIA, LayerScores, check_criterion_use, scored_data_criteria
 from prunelab.prune.repair import DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, REPAIRS, TOKEN_WEIGHTS, LayerPlan, RepairReport, check_repair, repair_width
 from prunelab.prune.width import best_heads_for, resolve_calibration, select_neurons
 
@@ -210,10 +210,9 @@ def adapt_prune(
     before = count_parameters(model)
     orig = [_block_params(layer) for layer in adapter.layers(model)]
     score = CRITERIA.get(criterion)
-    usable = ", ".join(n for n in CRITERIA.names() if CRITERIA.get(n).needs_data and not CRITERIA.get(n).selects_in_repair)
     if not score.needs_data:
         raise PrunelabError(f"Adapt-Pruner scores groups on calibration data; {criterion!r} is a static criterion "
-                            f"(use one of: {usable})")
+                            f"(use one of: {', '.join(scored_data_criteria())})")
     check_criterion_use(criterion, adaptive=True)
     if prune_heads and criterion not in LOSS_SCALED_CRITERIA:
         # the layout search adds head and neuron scores; only loss-unit scores (Taylor) can be added that way

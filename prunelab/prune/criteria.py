@@ -291,6 +291,11 @@ CRITERIA.register("obs", Criterion(
     "needs --repair ls", selects_in_repair=True))
 
 
+def scored_data_criteria() -> list[str]:
+    """The data-driven criteria that score every group up front (what Adapt-Pruner can use)."""
+    return [n for n in CRITERIA.names() if CRITERIA.get(n).needs_data and not CRITERIA.get(n).selects_in_repair]
+
+
 def check_criterion_use(criterion: str, repair: str = "none", repair_target: str = "layer",
                         adaptive: bool = False) -> Criterion:
     """The criterion, after refusing (one line) a combination it cannot serve: a criterion that chooses inside the
@@ -301,10 +306,8 @@ def check_criterion_use(criterion: str, repair: str = "none", repair_target: str
     crit = CRITERIA.get(criterion)
     if crit.selects_in_repair:
         if adaptive:
-            usable = ", ".join(n for n in CRITERIA.names()
-                               if CRITERIA.get(n).needs_data and not CRITERIA.get(n).selects_in_repair)
             raise PrunelabError(f"Adapt-Pruner needs every group's score up front; criterion {criterion} chooses "
-                                f"inside the uniform repair only (use one of: {usable})")
+                                f"inside the uniform repair only (use one of: {', '.join(scored_data_criteria())})")
         if not (REPAIRS.get(repair).ls and repair_target == "layer"):
             raise PrunelabError(f"criterion {criterion} chooses what to keep inside the least-squares repair: use "
                                 f"--repair ls or ls+bias with --repair-target layer (got --repair {repair}, target "

@@ -463,12 +463,12 @@ class TargetAccumulator:
         step = max(1, ROW_CHUNK_ELEMENTS // max(z.shape[1], y.shape[1]))
         for start in range(0, z.shape[0], step):
             zc, yc = z[start : start + step].to(torch.float64), y[start : start + step].to(torch.float64)
-            wc = torch.ones(zc.shape[0], 1, dtype=torch.float64, device=zc.device) if w is None else w[start : start + step]
-            self.szz.addmm_((zc * wc).T, zc)
-            self.syz.addmm_((yc * wc).T, zc)
-            self.sz += (zc * wc).sum(0)
-            self.sy += (yc * wc).sum(0)
-            self.syy += float((wc * yc * yc).sum())
+            zw, yw = (zc, yc) if w is None else (zc * w[start : start + step], yc * w[start : start + step])
+            self.szz.addmm_(zw.T, zc)
+            self.syz.addmm_(yw.T, zc)
+            self.sz += zw.sum(0)
+            self.sy += yw.sum(0)
+            self.syy += float((yw * yc).sum())
         self.n += z.shape[0]
 
 
@@ -596,8 +596,7 @@ def _accumulate(acc: GramAccumulator, module: nn.Module, run: Callable[[int], to
         for b in range(batches):
             block_out = run(b)
             z, out = seen.pop("z"), seen.pop("out")
-            h = stream(b, out, block_out)
-            acc.add(z, None if token_weights == "uniform" else stream_weights(h, token_weights))
+            acc.add(z, None if token_weights == "uniform" else stream_weights(stream(b, out, block_out), token_weights))
     finally:
         handle.remove()
 
@@ -696,11 +695,10 @@ def repair_width(
                     neurons = obs_select_columns(down.weight, acc, plan.select_neurons, ridge)
                     report.kept_neurons[i] = neurons
                     if len(neurons) < down.weight.shape[1]:
-                        dense_down = nn.Linear(down.in_features, down.out_features, bias=down.bias is not None)
-                        dense_down.load_state_dict(down.state_dict())  # the dense weights, before the cut
+                        # the cut builds a new layer: ``down`` keeps the dense weights, the target of the re-fit
                         prune_mlp_neurons(model, i, neurons)
                         layer = adapter.layers(model)[i]
-                        _apply(dense_down, adapter.module(layer, "down"), acc, torch.as_tensor(neurons), m, ridge,
+                        _apply(down, adapter.module(layer, "down"), acc, torch.as_tensor(neurons), m, ridge,
                                report, i, "down")
                 elif dense_states is None and m.active and plan.neurons is not None:
                     acc = GramAccumulator(adapter.mlp_width(dense), f"layer {i} down_proj", device)

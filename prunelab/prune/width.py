@@ -173,9 +173,8 @@ def compute_scores(model: nn.Module, criterion: str, calibration: torch.Tensor |
                    heads: bool = True) -> tuple[list[LayerScores], CalibrationStats | None]:
     """Scores of every group of every layer under ``criterion`` (running calibration if it needs data)."""
     crit = CRITERIA.get(criterion)
-    if crit.selects_in_repair:  # before any calibration pass: there is nothing to score up front
-        raise PrunelabError(f"criterion {criterion} has no scores up front: it chooses inside the repair "
-                            f"(prune_width with repair ls or ls+bias)")
+    if crit.selects_in_repair:  # before any calibration pass: its scoring function is the refusal
+        return crit(model, None, seed, heads), None
     stats = None
     if crit.needs:
         if calibration is None:
