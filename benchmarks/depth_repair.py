@@ -9,9 +9,12 @@ of the same search: the perplexity ratio (paired bootstrap CI over windows) and 
 bootstrap CI over items, McNemar p), from :mod:`prunelab.stats`. Goal (issue 19): compensated perplexity ≤ 0.6×
 the uncompensated one at k = 7, for greedy and for one-shot.
 
-Also per cell: the forward latency ([4 × 128] tokens, median of ``--latency-reps``) — compensation is folded into
-existing weights, so it must not change. ``--quick`` checks the script end to end in about a minute (one-shot
-only, 9 × 64 calibration tokens, 1 window, 10 items; 83 s measured with another job holding one of the 2 cores).
+Also per cell: the forward latency ([4 × 128] tokens, median of ``--latency-reps`` rounds timed interleaved across
+the cells of a search, after their evaluations) — compensation is folded into existing weights, so it must not
+change. ``--calib-source wikitext-oracle`` compensates on the evaluated windows themselves (same blocks): an
+in-sample upper bound on what the compensation can reach, never a result. ``--quick`` checks the script end to end
+in about a minute (one-shot only, 9 × 64 calibration tokens, 1 window, 10 items; 83 s measured with another job
+holding one of the 2 cores).
 The full run (defaults below) takes ≈ 1.5–2 h on an idle 2-core CPU: 7 evaluations (dense, 2 searches × 3
 compensations) of the whole WikiText-2 test file (590 windows) + 500 ARC-Easy items at ≈ 11 min each, plus the
 greedy search (189 cached candidates on 32 × 128 tokens, ≈ 10 min). ``--compensated-search`` adds, per search and
@@ -39,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
 
 
+#: ``--calib-source`` that compensates on the evaluated text itself (:func:`prunelab.evaluate.perplexity.leading_windows`)
+ORACLE = "wikitext-oracle"
+
 #: issue 19's depth goal: compensated perplexity ≤ GOAL × the uncompensated one (same search, same blocks)
 GOAL = 0.6
 
@@ -56,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compensations", default="none,linear,scale")
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration windows (LAMBADA calibration pool)")
     ap.add_argument("--calib-seq-len", type=int, default=128)
+    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", ORACLE),
+                    help=f"calibration text of the compensations (the search always uses LAMBADA, so every source "
+                         f"compensates the same blocks). {ORACLE}: the first --calib-samples evaluated WikiText-2 "
+                         f"windows themselves (512 tokens each): an in-sample upper bound on what the compensation can "
+                         f"reach, never a result")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of the linear map (default: auto)")
     ap.add_argument("--token-weights", default="normalized",
                     help="comma list of token weightings of the fits (normalized, uniform): each compensation is "
@@ -77,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.atomic import to_jsonable, write_json
     from prunelab.data import calibration_batch, load_wikitext2_text
     from prunelab.evaluate import evaluate
-    from prunelab.evaluate.perplexity import perplexity
+    from prunelab.evaluate.efficiency import interleaved_latency
+    from prunelab.evaluate.perplexity import leading_windows, perplexity
     from prunelab.models import count_parameters, load
     from prunelab.prune.depth import search_blocks
     from prunelab.prune.depth_repair import COMPENSATIONS, compensate_and_remove
@@ -93,7 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     text = load_wikitext2_text()
     cal = calibration_batch(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len, source="lambada", seed=0)
     windows = args.ppl_windows or None
-    print(f"{args.model}: k={args.k}, calibration {tuple(cal.shape)} LAMBADA (search and compensation), ridge "
+    comp_cal = cal
+    if args.calib_source == ORACLE:
+        comp_cal = leading_windows(tok, text, args.calib_samples, 512)
+        print(f"ORACLE: compensation calibrated on WikiText-2 test windows 0-{args.calib_samples - 1}, the evaluated "
+              f"text itself; every compensated number below is an in-sample upper bound, not a result", flush=True)
+    elif args.calib_source != "lambada":
+        comp_cal = calibration_batch(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len,
+                                     source=args.calib_source, seed=0)
+    print(f"{args.model}: k={args.k}, search calibration {tuple(cal.shape)} LAMBADA, compensation calibration "
+          f"{tuple(comp_cal.shape)} {args.calib_source}, ridge "
           f"{'auto' if ridge is None else ridge}; WikiText-2 {'all' if windows is None else windows} 512-token windows; ARC-Easy "
           f"{args.arc_limit} items; torch threads {args.threads}", flush=True)
 
@@ -131,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
             search = f"{search} (searched with {searched_with})"
         print(f"{search}: removed {res.removed} ({res.candidates} candidates, {search_s:.0f}s)", flush=True)
         base = None
+        timed: list[tuple[dict, object]] = []  # this search's cells, timed together once all are evaluated
         variants = [(c, w) for c in (comps if searched_with == "none" else ["none", searched_with])
                     for w in (["uniform"] if c == "none" else weightings)]
         for comp, weighting in variants:
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
             try:
-                rep = compensate_and_remove(model, res.removed, cal, comp, ridge, progress=False,
+                rep = compensate_and_remove(model, res.removed, comp_cal, comp, ridge, progress=False,
                                             token_weights=weighting)
                 if comp != "none" and len(weightings) > 1:
                     comp = f"{comp} ({weighting})"
@@ -150,14 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             row = {"search": search, "compensation": comp, "removed": res.removed, "search_s": search_s,
                    "params": count_parameters(model).total, "ppl": ppl.perplexity, "windows": ppl.windows,
                    "arc": arc[0] if arc else None, "arc_ci": ci(mean_ci(arc[1])) if arc else None,
-                   "seconds": seconds, "forward_ms": 1000 * forward_latency(model, x_latency, args.latency_reps),
+                   "seconds": seconds,
                    "runs": [to_jsonable(r) for r in rep.runs]}
             if comp == "none":
-                base = (ppl, win, arc, row["forward_ms"])
+                base = (ppl, win, arc, row)
             elif base is not None:
                 row["ppl_ratio"] = ci(perplexity_ratio(base[1], win))
                 row["goal_met"] = row["ppl_ratio"]["estimate"] <= GOAL
-                row["latency_ratio"] = row["forward_ms"] / base[3]
                 if arc and base[2]:
                     row["arc_diff"] = ci(accuracy_difference(base[2][1], arc[1]))
             rows.append(row)
@@ -170,9 +191,19 @@ def main(argv: list[str] | None = None) -> int:
                 ad = row["arc_diff"]
                 extra += f"; ARC {ad['estimate']:+.1f} pp [{ad['low']:+.1f}, {ad['high']:+.1f}], p={ad['p']:.3g}"
             print(f"  {comp:7s} params {row['params'] / 1e6:.2f}M ppl {ppl.perplexity:9.2f}"
-                  + (f" ARC-e {arc[0]:5.1f}" if arc else "") + f"  ({seconds:.1f}s, forward "
-                  f"{row['forward_ms']:.1f} ms){extra}", flush=True)
+                  + (f" ARC-e {arc[0]:5.1f}" if arc else "") + f"  ({seconds:.1f}s){extra}", flush=True)
+            timed.append((row, model))
             del model
+        # latency after the evaluations, interleaved across this search's cells: timing each model right after its
+        # own evaluation made weight-equivalent width models 6-11 % apart (prunelab.evaluate.efficiency)
+        for (row, _), sec in zip(timed, interleaved_latency([m for _, m in timed], x_latency, args.latency_reps)):
+            row["forward_ms"] = 1000 * sec
+        for row, _ in timed:
+            if base is not None and row is not base[3]:
+                row["latency_ratio"] = row["forward_ms"] / base[3]["forward_ms"]
+        print("  forward ms (interleaved): " + ", ".join(f"{r['compensation']} {r['forward_ms']:.1f}"
+                                                          for r, _ in timed), flush=True)
+        timed.clear()
 
     def span(d, fmt):
         return "" if d is None else f"{d['estimate']:{fmt}} [{d['low']:{fmt}}, {d['high']:{fmt}}]"

@@ -37,6 +37,10 @@ pruning and repair):
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/width_vs_peers.py --repairs all --peers no \\
         --json width_repair.json
 
+``--calib-source wikitext-oracle`` calibrates (criteria and repairs) on the first ``--calib-samples`` evaluated
+WikiText-2 windows themselves: run with ``--ppl-windows`` ≤ ``--calib-samples`` it is an in-sample upper bound on
+what a calibration-based method can reach — how far the method class is from a goal — and never a result.
+
 ``--quick`` checks the script end to end in about a minute (80 %, maw_hybrid, none/ls on 4 × 96 calibration
 tokens, 1 window, 10 items; numbers meaningless).
 
@@ -73,8 +77,8 @@ import torch  # noqa: E402
 import prunelab  # noqa: E402
 from prunelab.data import load_wikitext2_text  # noqa: E402
 from prunelab.data.calibration import calibration_batch  # noqa: E402
-from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
-from prunelab.evaluate.perplexity import perplexity  # noqa: E402
+from prunelab.evaluate.efficiency import forward_latency, interleaved_latency  # noqa: E402
+from prunelab.evaluate.perplexity import leading_windows, perplexity  # noqa: E402
 from prunelab.models import adapter_for, count_parameters, flops_per_token  # noqa: E402
 from prunelab.prune.adaptive import LOSS_SCALED_CRITERIA, adapt_prune  # noqa: E402
 from prunelab.prune.width import prune_width  # noqa: E402
@@ -201,26 +205,11 @@ def speedup(dense, pruned, cal) -> None:
 
 
 def measure_latency(cells: list[tuple[dict, torch.nn.Module]], x: torch.Tensor, reps: int) -> None:
-    """``forward_ms`` of every grid cell of one sparsity, measured *interleaved*: ``reps`` rounds, each timing every
-    model once in a rotated order, median per model. Timing each model right after its own evaluation (as before)
-    measured repaired models 6–11 % slower than their unrepaired cells in two whole-file runs, while interleaved
-    timing of the same two models gave 459 vs 457 ms: the gap was the time of measurement, not the model."""
-    if not cells:
-        return
-    with torch.no_grad():
-        for _, model in cells:  # warm-up: allocation and kernel selection
-            model(input_ids=x, use_cache=False)
-        times: list[list[float]] = [[] for _ in cells]
-        for r in range(reps):
-            order = list(range(len(cells)))
-            order = order[r % len(order):] + order[: r % len(order)]
-            for k in order:
-                start = time.perf_counter()
-                cells[k][1](input_ids=x, use_cache=False)
-                times[k].append(time.perf_counter() - start)
-    for (row, _), t in zip(cells, times):
-        row["forward_ms"] = 1000 * statistics.median(t)
-    cells.clear()  # the models are freed with the list
+    """``forward_ms`` of every grid cell of one sparsity, timed interleaved
+    (:func:`prunelab.evaluate.efficiency.interleaved_latency`); the models are freed afterwards."""
+    for (row, _), seconds in zip(cells, interleaved_latency([m for _, m in cells], x, reps)):
+        row["forward_ms"] = 1000 * seconds
+    cells.clear()
 
 
 def peers_available() -> tuple[bool, str]:
@@ -235,6 +224,9 @@ def peers_available() -> tuple[bool, str]:
 
 
 #: ``--quick``: an end-to-end smoke check, not a measurement. 80 % sparsity keeps 307 neurons, so ``ls`` needs only
+#: ``--calib-source`` that calibrates on the evaluated text itself (:func:`prunelab.evaluate.perplexity.leading_windows`)
+ORACLE = "wikitext-oracle"
+
 #: 307 calibration tokens (it refuses fewer than the kept width): 4 × 96 keeps the repair passes short.
 QUICK = dict(ratios="0.8", criteria="maw_hybrid", repairs="none,ls", calib_samples=4, calib_seq_len=96,
              ppl_windows="1", arc_limit=10, latency_reps=1, peers="no")
@@ -328,6 +320,10 @@ def main() -> None:
     ap.add_argument("--ratios", default=None, help="MLP sparsities (default 0.4,0.2)")
     ap.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16)")
     ap.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window (default 128)")
+    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", ORACLE),
+                    help=f"calibration text (default lambada). {ORACLE}: the first --calib-samples evaluated "
+                         f"WikiText-2 windows themselves (--calib-seq-len is then 512): an in-sample upper bound on "
+                         f"what a calibration-based method can reach, never a result")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--ppl-windows", default=None,
                     help="WikiText-2 windows of 512 tokens: a number, 'all' (the whole test file) or 'auto' (default: "
@@ -408,12 +404,18 @@ def main() -> None:
     lm = prunelab.load("smollm2-135m")
     dense, tok = lm.model, lm.tokenizer
     text = load_wikitext2_text()
-    cal = calibration_batch(tok, args.calib_samples, args.calib_seq_len, source="lambada", seed=0)
+    if args.calib_source == ORACLE:
+        args.calib_seq_len = 512
+        cal = leading_windows(tok, text, args.calib_samples, 512)
+        console.print(f"[bold red]ORACLE[/]: calibration = WikiText-2 test windows 0–{args.calib_samples - 1}, the "
+                      f"evaluated text itself; every number below is an in-sample upper bound, not a result")
+    else:
+        cal = calibration_batch(tok, args.calib_samples, args.calib_seq_len, source=args.calib_source, seed=0)
     loader = [{"input_ids": cal[i : i + args.batch_size]} for i in range(0, cal.shape[0], args.batch_size)]
     latency_x = cal[:1, :128].repeat(4, 1)
     dense_rows = gate_rows(dense)
     dense_blocks = block_params(dense)
-    console.print(f"calibration {tuple(cal.shape)} (lambada), batch {args.batch_size}; WikiText-2 "
+    console.print(f"calibration {tuple(cal.shape)} ({args.calib_source}), batch {args.batch_size}; WikiText-2 "
                   f"{'all' if windows_n is None else f'first {windows_n}'} ×512-token windows; ARC-Easy {arc_limit} "
                   f"items; repairs {', '.join(repairs)} × criteria {', '.join(criteria)}; Adapt-Pruner T={args.steps}, "
                   f"A ∈ {{{args.amplitudes}}}; torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -65,6 +65,19 @@ def windows(ids: torch.Tensor, seq_len: int, stride: int | None = None, max_wind
     return out
 
 
+def leading_windows(tokenizer, text: str, n: int, seq_len: int = 512) -> torch.Tensor:
+    """The first ``n`` evaluation windows of ``text`` (stride ``seq_len``) as one ``[n, seq_len]`` batch.
+
+    Window ``j`` holds exactly the tokens :func:`windows` gives its ``j``-th window, so a method calibrated on this
+    batch has seen the evaluated text itself: the benchmarks use it as an in-sample *oracle* — the most favourable
+    calibration a calibration-based repair can get, an upper bound on it, never a result.
+    """
+    ids = tokenize_text(tokenizer, text)
+    if n <= 0 or n * seq_len > ids.numel():
+        raise PrunelabError(f"the text has {ids.numel() // seq_len} full windows of {seq_len} tokens; asked for {n}")
+    return ids[: n * seq_len].view(n, seq_len).clone()
+
+
 @torch.inference_mode()
 def perplexity_of_ids(model, ids: torch.Tensor, seq_len: int = 512, stride: int | None = None,
                       max_windows: int | None = None, batch_size: int = 4) -> PerplexityResult:

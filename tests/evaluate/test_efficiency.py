@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.evaluate.efficiency import _RAPL, energy_meter, measure_efficiency
+from prunelab.evaluate.efficiency import _RAPL, energy_meter, interleaved_latency, measure_efficiency
 from prunelab.models import count_parameters, flops_per_token
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -57,3 +57,23 @@ def test_energy_unavailable_is_none_not_invented(tmp_path):
 def test_bad_sizes():
     with pytest.raises(PrunelabError, match="new_tokens"):
         measure_efficiency(tiny_model("llama"), None, new_tokens=0)
+
+
+def test_interleaved_latency_rotates_and_times_each_model():
+    calls: list[int] = []
+
+    class Fake(torch.nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.k = k
+
+        def forward(self, input_ids, use_cache):
+            calls.append(self.k)
+
+    out = interleaved_latency([Fake(0), Fake(1), Fake(2)], torch.zeros(1, 4, dtype=torch.long), reps=3)
+    assert len(out) == 3 and all(t >= 0 for t in out)
+    # one warm-up each, then rounds in rotated order: no model is always timed first
+    assert calls == [0, 1, 2, 0, 1, 2, 1, 2, 0, 2, 0, 1]
+    assert interleaved_latency([], torch.zeros(1, 4, dtype=torch.long), reps=3) == []
+    with pytest.raises(PrunelabError, match="reps"):
+        interleaved_latency([Fake(0)], torch.zeros(1, 4, dtype=torch.long), reps=0)

@@ -13,7 +13,7 @@ from prunelab.errors import PrunelabError
 from prunelab.evaluate import TASKS, evaluate
 from prunelab.evaluate.generation import generate_greedy
 from prunelab.evaluate.loglik import loglikelihood_reference
-from prunelab.evaluate.perplexity import perplexity_of_ids
+from prunelab.evaluate.perplexity import leading_windows, perplexity_of_ids, tokenize_text, windows
 from prunelab.evaluate.tasks._common import argmax_first, run_multiple_choice
 from prunelab.evaluate.tasks.generative import arc_gen_prompt, first_word, lambada_match, parse_choice_letter
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -109,6 +109,17 @@ def test_perplexity_windows_by_hand(llama):
     sliding = perplexity_of_ids(llama, ids, seq_len=64, stride=32)
     assert sliding.tokens == 149  # overlapping windows: every token but the text's first, exactly once
     assert perplexity_of_ids(llama, ids, seq_len=64, max_windows=2).windows == 2
+
+
+def test_leading_windows_are_the_evaluated_windows(tok):
+    text = " ".join(f"word{i} is here." for i in range(200))
+    ids = tokenize_text(tok, text)
+    batch = leading_windows(tok, text, 3, seq_len=16)
+    assert batch.shape == (3, 16)
+    for j, (chunk, _) in enumerate(windows(ids, 16)[:3]):
+        assert torch.equal(batch[j], chunk)  # the oracle calibration is exactly what the first windows score
+    with pytest.raises(PrunelabError, match="full windows"):
+        leading_windows(tok, text, ids.numel() // 16 + 1, seq_len=16)
 
 
 # ------------------------------------------------------------------------------------------------ tasks end to end
