@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-seq-len", type=int, default=128)
     ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", ORACLE),
                     help=f"calibration text of the compensations (the search always uses LAMBADA, so every source "
-                         f"compensates the same blocks). {ORACLE}: the first --calib-samples evaluated WikiText-2 "
+                         f"compensates the same blocks). {ORACLE}: the first --oracle-windows evaluated WikiText-2 "
                          f"windows themselves (512 tokens each): an in-sample upper bound on what the compensation can "
                          f"reach, never a result")
+    ap.add_argument("--oracle-windows", type=int, default=256,
+                    help=f"with --calib-source {ORACLE}: how many evaluated windows calibrate the compensations")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of the linear map (default: auto)")
     ap.add_argument("--token-weights", default="normalized",
                     help="comma list of token weightings of the fits (normalized, uniform): each compensation is "
@@ -107,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     windows = args.ppl_windows or None
     comp_cal = cal
     if args.calib_source == ORACLE:
-        comp_cal = leading_windows(tok, text, args.calib_samples, 512)
-        print(f"ORACLE: compensation calibrated on WikiText-2 test windows 0-{args.calib_samples - 1}, the evaluated "
+        comp_cal = leading_windows(tok, text, args.oracle_windows, 512)
+        print(f"ORACLE: compensation calibrated on WikiText-2 test windows 0-{args.oracle_windows - 1}, the evaluated "
               f"text itself; every compensated number below is an in-sample upper bound, not a result", flush=True)
     elif args.calib_source != "lambada":
         comp_cal = calibration_batch(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len,
