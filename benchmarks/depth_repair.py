@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compensations", default="none,linear,scale")
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration windows (LAMBADA calibration pool)")
     ap.add_argument("--calib-seq-len", type=int, default=128)
-    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", ORACLE),
+    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", "wikipedia", ORACLE),
                     help=f"calibration text of the compensations (the search always uses LAMBADA, so every source "
                          f"compensates the same blocks). {ORACLE}: the first --oracle-windows evaluated WikiText-2 "
                          f"windows themselves (512 tokens each): an in-sample upper bound on what the compensation can "

@@ -320,8 +320,8 @@ def main() -> None:
     ap.add_argument("--ratios", default=None, help="MLP sparsities (default 0.4,0.2)")
     ap.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16)")
     ap.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window (default 128)")
-    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", ORACLE),
-                    help=f"calibration text (default lambada). {ORACLE}: the first --calib-samples evaluated "
+    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", "wikipedia", ORACLE),
+                    help=f"calibration text (default lambada; wikipedia: BoolQ passages, disjoint from the WikiText-2 test file). {ORACLE}: the first --calib-samples evaluated "
                          f"WikiText-2 windows themselves (--calib-seq-len is then 512): an in-sample upper bound on "
                          f"what a calibration-based method can reach, never a result")
     ap.add_argument("--batch-size", type=int, default=4)

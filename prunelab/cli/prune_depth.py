@@ -52,7 +52,7 @@ def prune_depth_cmd(
                                            "(margin, default 64)."),
     calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="Tokens per calibration window (perplexity)."),
     calib_source: str = typer.Option("lambada", "--calib-source",
-                                     help="Perplexity calibration text: lambada (calibration pool), dolly, c4, "
+                                     help="Perplexity calibration text: lambada (calibration pool), dolly, wikipedia (BoolQ passages), c4, "
                                           "wikitext2 or a text file."),
     mc_source: str = typer.Option("arc_easy:validation", "--mc-source",
                                   help="Margin calibration items: arc_easy|arc_challenge:train|validation."),

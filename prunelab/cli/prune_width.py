@@ -48,7 +48,7 @@ def prune_width_cmd(
                                   "held-out perplexity is saved; 'auto' = the list 0,0.02,0.05,0.1,0.2,0.3."),
     steps: int = typer.Option(10, "--steps", help="Adapt-Pruner progressive steps T."),
     prune_heads: bool = typer.Option(True, "--prune-heads/--mlp-only", help="Adapt-Pruner: also prune attention heads."),
-    calibration: str = typer.Option("lambada", "--calibration", help="Calibration text: lambada, dolly, wikitext2, c4 or a file."),
+    calibration: str = typer.Option("lambada", "--calibration", help="Calibration text: lambada, dolly, wikipedia (BoolQ passages), wikitext2, c4 or a file."),
     calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration sequences."),
     calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="Tokens per calibration sequence."),
     batch_size: int = typer.Option(8, "--batch-size", help="Calibration batch size."),

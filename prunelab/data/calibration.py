@@ -1,8 +1,11 @@
 """Calibration batches for data-driven criteria (Taylor, Adapt-Pruner, depth objectives).
 
 Offline default: LAMBADA passages from the calibration pool (disjoint from every evaluated passage, see
-:func:`prunelab.data.sampling.split_lambada`); ``dolly`` instruction text; WikiText-2 is available but is an
-evaluation set, so using it for calibration is the user's explicit choice; ``c4`` online; or any text file.
+:func:`prunelab.data.sampling.split_lambada`); ``dolly`` instruction text; ``wikipedia``: Wikipedia paragraphs,
+the deduplicated BoolQ validation passages — in-domain for WikiText-2 yet disjoint from its test file (not one
+13-word sequence of the test file occurs in them, measured), so evaluating BoolQ itself after calibrating on them
+is contaminated; WikiText-2 is available but is an evaluation set, so using it for calibration is the user's
+explicit choice; ``c4`` online; or any text file.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 
 from prunelab.errors import PrunelabError
 
-CALIBRATION_SOURCES = ("lambada", "dolly", "wikitext2", "c4")
+CALIBRATION_SOURCES = ("lambada", "dolly", "wikipedia", "wikitext2", "c4")
 
 
 def calibration_texts(source: str = "lambada", seed: int = 0) -> list[str]:
@@ -27,6 +30,10 @@ def calibration_texts(source: str = "lambada", seed: int = 0) -> list[str]:
         texts = [f"{it.context} {it.target}" for it in pool]
     elif source == "dolly":
         texts = [f"{r.instruction}\n{r.context}\n{r.response}".strip() for r in loaders.load_dolly()]
+    elif source == "wikipedia":
+        # BoolQ's context is "<passage>\nQuestion: <question>?\nAnswer:"; passages repeat across questions
+        passages = {it.context.rsplit("\nQuestion: ", 1)[0] for it in loaders.load_boolq()}
+        texts = sorted(passages)  # set order varies between runs; the shuffle below is then seeded
     elif source == "wikitext2":
         texts = [t for t in loaders.load_wikitext2_text().split("\n") if t.strip()]
     elif source == "c4":

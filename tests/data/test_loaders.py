@@ -57,6 +57,25 @@ def test_calibration_batch_shape():
     assert batch.shape == (4, 32)
 
 
+@needs_data
+def test_wikipedia_calibration_is_boolq_passages_disjoint_from_wikitext2_test():
+    import re
+
+    from prunelab.data import calibration_texts, load_wikitext2_text
+
+    texts = calibration_texts("wikipedia", seed=0)
+    assert len(texts) == len(set(texts)) > 2000 and not any(t.endswith("?\nAnswer:") for t in texts)
+    assert calibration_texts("wikipedia", seed=0) == texts  # seeded: the same order in every run
+
+    def grams(text, n=13):
+        words = re.findall(r"\w+", text.lower())
+        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+    passages = set().union(*(grams(t) for t in texts))
+    # the contamination check of GPT-3 (Brown et al. 2020, appendix C): no 13-word sequence shared
+    assert not grams(load_wikitext2_text()) & passages
+
+
 def test_seeded_sample():
     items = list(range(100))
     s1, s2 = seeded_sample(items, 10, seed=1), seeded_sample(items, 10, seed=1)
