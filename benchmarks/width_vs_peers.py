@@ -223,10 +223,10 @@ def peers_available() -> tuple[bool, str]:
     return not missing, ", ".join(missing)
 
 
-#: ``--quick``: an end-to-end smoke check, not a measurement. 80 % sparsity keeps 307 neurons, so ``ls`` needs only
 #: ``--calib-source`` that calibrates on the evaluated text itself (:func:`prunelab.evaluate.perplexity.leading_windows`)
 ORACLE = "wikitext-oracle"
 
+#: ``--quick``: an end-to-end smoke check, not a measurement. 80 % sparsity keeps 307 neurons, so ``ls`` needs only
 #: 307 calibration tokens (it refuses fewer than the kept width): 4 × 96 keeps the repair passes short.
 QUICK = dict(ratios="0.8", criteria="maw_hybrid", repairs="none,ls", calib_samples=4, calib_seq_len=96,
              ppl_windows="1", arc_limit=10, latency_reps=1, peers="no")
@@ -321,8 +321,9 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16)")
     ap.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window (default 128)")
     ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", "wikipedia", ORACLE),
-                    help=f"calibration text (default lambada; wikipedia: BoolQ passages, disjoint from the WikiText-2 test file). {ORACLE}: the first --calib-samples evaluated "
-                         f"WikiText-2 windows themselves (--calib-seq-len is then 512): an in-sample upper bound on "
+                    help=f"calibration text (default lambada; wikipedia: BoolQ passages, disjoint from the "
+                         f"WikiText-2 test file). {ORACLE}: the first --calib-samples evaluated WikiText-2 windows "
+                         f"themselves (--calib-seq-len is then 512): an in-sample upper bound on "
                          f"what a calibration-based method can reach, never a result")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--ppl-windows", default=None,

@@ -52,8 +52,8 @@ def prune_depth_cmd(
                                            "(margin, default 64)."),
     calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="Tokens per calibration window (perplexity)."),
     calib_source: str = typer.Option("lambada", "--calib-source",
-                                     help="Perplexity calibration text: lambada (calibration pool), dolly, wikipedia (BoolQ passages), c4, "
-                                          "wikitext2 or a text file."),
+                                     help="Perplexity calibration text: lambada (calibration pool), dolly, "
+                                          "wikipedia (BoolQ passages), c4, wikitext2 or a text file."),
     mc_source: str = typer.Option("arc_easy:validation", "--mc-source",
                                   help="Margin calibration items: arc_easy|arc_challenge:train|validation."),
     batch_size: int = typer.Option(None, "--batch-size", help="Calibration batch size."),

@@ -196,27 +196,19 @@ def interleaved_latency(models: list, input_ids: torch.Tensor, reps: int) -> lis
         return []
     times: list[list[float]] = [[] for _ in models]
     order = list(range(len(models)))
-    with torch.no_grad():
-        for model in models:
-            model(input_ids=input_ids, use_cache=False)
-        for r in range(reps):
-            shift = r % len(order)
-            for k in order[shift:] + order[:shift]:
-                start = time.perf_counter()
-                models[k](input_ids=input_ids, use_cache=False)
-                times[k].append(time.perf_counter() - start)
+    for model in models:
+        model(input_ids=input_ids, use_cache=False)
+    for r in range(reps):
+        shift = r % len(order)
+        for k in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            models[k](input_ids=input_ids, use_cache=False)
+            times[k].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
 
+@torch.inference_mode()
 def forward_latency(model, input_ids: torch.Tensor, reps: int) -> float:
     """Median wall time in seconds of one full forward pass over ``input_ids`` (no KV cache), after one warm-up
-    pass (the first call pays for allocation and kernel selection)."""
-    import statistics
-
-    model(input_ids=input_ids, use_cache=False)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        model(input_ids=input_ids, use_cache=False)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    pass (the first call pays for allocation and kernel selection): :func:`interleaved_latency` of one model."""
+    return interleaved_latency([model], input_ids, reps)[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.evaluate.efficiency import _RAPL, energy_meter, interleaved_latency, measure_efficiency
+from prunelab.evaluate.efficiency import _RAPL, energy_meter, forward_latency, interleaved_latency, measure_efficiency
 from prunelab.models import count_parameters, flops_per_token
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -68,6 +68,7 @@ def test_interleaved_latency_rotates_and_times_each_model():
             self.k = k
 
         def forward(self, input_ids, use_cache):
+            assert torch.is_inference_mode_enabled()  # timed without building an autograd graph
             calls.append(self.k)
 
     out = interleaved_latency([Fake(0), Fake(1), Fake(2)], torch.zeros(1, 4, dtype=torch.long), reps=3)
@@ -77,3 +78,6 @@ def test_interleaved_latency_rotates_and_times_each_model():
     assert interleaved_latency([], torch.zeros(1, 4, dtype=torch.long), reps=3) == []
     with pytest.raises(PrunelabError, match="reps"):
         interleaved_latency([Fake(0)], torch.zeros(1, 4, dtype=torch.long), reps=0)
+    calls.clear()
+    assert forward_latency(Fake(7), torch.zeros(1, 4, dtype=torch.long), reps=2) >= 0
+    assert calls == [7, 7, 7]  # one warm-up, then the timed passes
