@@ -13,7 +13,7 @@ and, where it uses data, the same calibration batch (LAMBADA calibration pool, d
 * prunelab Adapt-Pruner (``adapt_prune``) at the *same number of parameters* as the uniform models (its block
   sparsity is set to the uniform models' block sparsity), for every amplitude of ``--amplitudes`` (the paper's
   0.02, and the value the held-out amplitude ablation selects, see README), heads + MLP and (with
-  ``--adaptive-mlp-only``) MLP only, with every within-layer criterion of ``--adaptive-criteria``.
+  ``--adaptive-mlp-only`` / ``--adaptive-scope``) MLP only, with every within-layer criterion of ``--adaptive-criteria``.
 * with ``--repairs all`` (or a list of none, bias, ls, ls+bias, each optionally ``@model`` for the dense-model
   target of :mod:`prunelab.prune.repair`, e.g. ``ls@model``; issue 19): every prunelab cell of ``--criteria``
   (maw_hybrid, taylor, adaptive, and obs — Optimal Brain Surgeon choosing inside the ls repairs, compared with
@@ -337,6 +337,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of method names to skip (e.g. 'torch-pruning Taylor'; "
                                                "'dense': no dense row)")
     ap.add_argument("--adaptive-mlp-only", action="store_true", help="also run Adapt-Pruner restricted to MLP neurons")
+    ap.add_argument("--adaptive-scope", default=None, choices=("heads+mlp", "mlp", "both"),
+                    help="what Adapt-Pruner prunes: heads+mlp (default), mlp (MLP neurons only) or both variants; "
+                         "--adaptive-mlp-only is --adaptive-scope both")
     ap.add_argument("--repairs", default=None,
                     help="comma list of repairs (none, bias, ls, ls+bias, each optionally @model, e.g. ls@model; "
                          "or all): every prunelab cell of --criteria is run with each (same kept groups, same "
@@ -382,6 +385,10 @@ def main() -> None:
     if unknown := set(criteria) - {"maw_hybrid", "taylor", "adaptive", "obs"}:
         raise SystemExit(f"--criteria: unknown {', '.join(sorted(unknown))} (maw_hybrid, taylor, adaptive, obs)")
     windows_n = parse_windows(args.ppl_windows, repairs)
+    if args.adaptive_mlp_only and args.adaptive_scope not in (None, "both"):
+        raise SystemExit(f"--adaptive-mlp-only means --adaptive-scope both, not {args.adaptive_scope}")
+    scope = args.adaptive_scope or ("both" if args.adaptive_mlp_only else "heads+mlp")
+    scopes = {"heads+mlp": (True,), "mlp": (False,), "both": (True, False)}[scope]  # prune_heads per variant
     arc_limit = args.arc_limit if args.arc_limit is not None else (500 if repairs else 100)
     ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
     ok, missing = peers_available()
@@ -497,7 +504,7 @@ def main() -> None:
                 prune_width(probe, criterion="maw", ratio=ratio, progress=False)
             target = 1.0 - block_params(probe) / dense_blocks
             for crit in args.adaptive_criteria.split(","):
-                for heads in ((True, False) if args.adaptive_mlp_only else (True,)):
+                for heads in scopes:
                     if heads and crit not in LOSS_SCALED_CRITERIA:
                         continue
                     for amp in [float(a) for a in args.amplitudes.split(",")]:

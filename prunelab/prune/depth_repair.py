@@ -28,8 +28,26 @@ equals running unscaled with *every later block's residual contributions divided
 ``1 + w`` × 1/α instead). That folded form is what is saved. Several runs compound (the later ``α`` is measured on the
 already compensated stream). A run at the very end has no later block, so ``scale`` leaves it as plain removal.
 
+``refit`` — every kept block from the first removed run on re-fits its ``down_proj`` (ridge least squares) so that
+the stream it leaves matches the dense model's stream at the same point: for kept block ``i`` with input ``P`` the
+target is ``D`` after block ``i`` — after block ``b`` when a run ``a … b`` follows ``i`` (the anchor, as for
+``linear``). With ``z`` the block's GLU intermediate and ``h_mid`` its attention residual stream::
+
+    W' = argmin  (1/N) Σ w_t ‖h_mid + W' z + b − D‖²  +  λ ‖W' − W‖²_F
+       = (M_YZ + λ W)(M_ZZ + λ I)⁻¹,        Y = D − h_mid − b                  (:func:`solve_to_target`)
+
+the dense-model target of the width repair (:mod:`prunelab.prune.repair`, "model"; the error-correcting update of
+ZipLM / "Fast and Optimal Weight Update for Pruned LLMs") applied to depth pruning. At the anchor it contains
+``linear`` (``W' = Tᵀ W`` is one feasible point, so its calibration error is never above ``linear``'s), and the
+later blocks also absorb the drift the removal leaves in the stream, instead of a single ``H × H`` map carrying it
+all. Blocks before the first run see the dense stream and are left as they are. λ as for the width repair
+(``2·I/N`` relative to the mean diagonal by default); weights ``w_t`` as above. Refused for post-norm families
+(Gemma2), as ``linear``. It needs ≥ the MLP width of calibration tokens only with ``ridge=0``.
+
 Cost: one pass of the dense model and one of the pruned model over the calibration set, plus one ``H × H`` solve per
-run for ``linear``.
+run for ``linear``; ``refit`` adds an ``I × I`` float64 Gram matrix and one ``I × I`` Cholesky per kept block after
+the first run (as the width repair: ``N · I²`` multiply-adds), and keeps the anchor's intermediates ``[N, I]`` until
+its run ends.
 """
 
 from __future__ import annotations
@@ -44,12 +62,14 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
 from prunelab.models.surgery import remove_layers
-from prunelab.prune.repair import (DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, TOKEN_WEIGHTS, _out, capture_layer_inputs,
-                                   effective_ridge, has_post_norms, stream_weights)
+from prunelab.prune.repair import (DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, REPAIRS, TOKEN_WEIGHTS, ProjectionRepair,
+                                   TargetAccumulator,
+                                   _out, capture_layer_inputs, effective_ridge, has_post_norms, solve_to_target,
+                                   stream_weights)
 from prunelab.registry import Registry
 
 COMPENSATIONS: Registry[str] = Registry("depth compensation")
-for _name in ("none", "linear", "scale"):
+for _name in ("none", "linear", "scale", "refit"):
     COMPENSATIONS.register(_name, _name)
 
 
@@ -75,6 +95,8 @@ class CompensationReport:
     runs: list[RunCompensation] = field(default_factory=list)
     #: ``linear``: the fitted ``T`` per anchor block (dense numbering), already merged into its ``down_proj``
     transforms: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    #: ``refit``: every re-fitted ``down_proj`` (dense numbering; errors relative, token-weighted as fitted)
+    refits: list[ProjectionRepair] = field(default_factory=list)
 
 
 def removed_runs(removed: Iterable[int]) -> list[tuple[int, int]]:
@@ -91,8 +113,8 @@ def removed_runs(removed: Iterable[int]) -> list[tuple[int, int]]:
 def check_family(model: nn.Module, method: str) -> None:
     """The part of :func:`check_compensation` that needs no removed set (run before a search)."""
     COMPENSATIONS.get(method)
-    if method == "linear" and has_post_norms(adapter_for(model).layers(model)[0]):
-        raise PrunelabError(f"--compensate linear cannot merge into {adapter_for(model).family}: its MLP output "
+    if method in ("linear", "refit") and has_post_norms(adapter_for(model).layers(model)[0]):
+        raise PrunelabError(f"--compensate {method} cannot merge into {adapter_for(model).family}: its MLP output "
                             f"passes post_feedforward_layernorm before the residual add (use --compensate scale)")
 
 
@@ -116,6 +138,11 @@ def check_compensation(model: nn.Module, removed: Iterable[int], method: str, ri
     if method == "linear" and calibration.numel() < hidden:
         raise PrunelabError(f"--compensate linear needs at least {hidden} calibration tokens (the hidden size), got "
                             f"{calibration.numel()} ({calibration.shape[0]}×{calibration.shape[1]})")
+    if method == "refit" and ridge == 0:
+        width = max(adapter_for(model).mlp_width(layer) for layer in adapter_for(model).layers(model))
+        if calibration.numel() < width:
+            raise PrunelabError(f"--compensate refit with --ridge 0 needs at least {width} calibration tokens (the MLP "
+                                f"width), got {calibration.numel()}: use the default ridge or more tokens")
     return method
 
 
@@ -190,7 +217,10 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
             for i in range(n):
                 layer = layers[i]
                 if i not in drop:
-                    if method == "linear" and i in anchors:
+                    if method == "refit" and removed and i >= removed[0] - 1:  # the first anchor on
+                        pending = _refit_inputs(adapter, layer, pruned, kwargs, i)
+                        pruned = None  # until the fit: the block's output depends on its new down_proj
+                    elif method == "linear" and i in anchors:
                         mlp_out: list[torch.Tensor] = []
                         handle = layer.get_submodule(mlp_path).register_forward_hook(
                             lambda mod, args, out: mlp_out.append(out))
@@ -203,9 +233,23 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
                     else:
                         pruned = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
                 dense = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(dense)]
-                if not all(torch.isfinite(h).all() for h in dense + pruned):
+                if method == "refit" and pending is not None and (i in run_end or i + 1 not in drop):
+                    # the dense target of the pending block is ready: after its own index, or after the run it anchors
+                    if i in run_end:  # an anchor: record the stream error at the run's end, as linear does
+                        a, b = run_end[i]
+                        ref = sum(float(d.double().pow(2).sum()) for d in dense)
+                        before = sum(float((base + z @ adapter.module(layers[pending["block"]], "down").weight.T - d)
+                                           .double().pow(2).sum())
+                                     for z, base, d in zip(pending["z"], pending["base"], dense))
+                    pruned = _fit_refit(adapter, layers, pending, dense, ridge, token_weights, report)
+                    if i in run_end:
+                        after = sum(float((p - d).double().pow(2).sum()) for p, d in zip(pruned, dense))
+                        report.runs.append(RunCompensation(first=a, last=b, anchor=pending["block"],
+                                                           error_before=_rel(before, ref), error_after=_rel(after, ref)))
+                    pending = None
+                if not all(torch.isfinite(h).all() for h in dense + (pruned or [])):
                     raise PrunelabError(f"hidden states after block {i} are not finite (NaN/inf): cannot compensate")
-                if i in run_end:
+                if i in run_end and method != "refit":
                     a, b = run_end[i]
                     ref = sum(float(d.double().pow(2).sum()) for d in dense)
                     if method == "linear":
@@ -237,6 +281,39 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
         model.train(was_training)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _refit_inputs(adapter, layer: nn.Module, pruned: list[torch.Tensor], kwargs: list[list[dict]], i: int) -> dict:
+    """Run kept block ``i`` on the pruned stream and keep what its ``down_proj`` fit needs: the intermediate ``z`` and
+    ``base = output − down_proj(z)`` (the attention residual stream plus the bias) per batch."""
+    down = adapter.module(layer, "down")
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = down.register_forward_hook(lambda mod, args, out: seen.append((args[0], out)))
+    try:
+        outs = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
+    finally:
+        handle.remove()
+    base = [o - y + (0 if down.bias is None else down.bias) for o, (_, y) in zip(outs, seen)]
+    return {"block": i, "z": [z for z, _ in seen], "base": base}
+
+
+def _fit_refit(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge: float | None, token_weights: str,
+               report: CompensationReport) -> list[torch.Tensor]:
+    """Re-fit the pending block's ``down_proj`` toward ``dense`` (module docstring, ``refit``), record the fit in
+    ``report.refits`` and return the pruned stream leaving the block with the new weights."""
+    i = pending["block"]
+    down = adapter.module(layers[i], "down")
+    hidden = dense[0].shape[-1]
+    acc = TargetAccumulator(down.weight.shape[1], hidden, f"block {i} down_proj", dense[0].device)
+    bias = 0 if down.bias is None else down.bias.detach()
+    for z, base, d in zip(pending["z"], pending["base"], dense):
+        # the projection's wanted output, its bias included: D − h_mid (= D − base + b); the bias itself stays
+        acc.add(z, (d - base + bias).reshape(-1, hidden), stream_weights(d, token_weights))
+    w_new, _, rec = solve_to_target(down.weight, down.bias, acc, REPAIRS.get("ls"), ridge)
+    rec.layer, rec.projection = i, "down"
+    report.refits.append(rec)
+    down.weight.copy_(w_new.to(down.weight.dtype))
+    return [base + z @ down.weight.T for z, base in zip(pending["z"], pending["base"])]
 
 
 def _fit_linear(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge: float | None,

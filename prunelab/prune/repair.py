@@ -39,7 +39,10 @@ Sequential, layer by layer: each layer's statistics are taken on the hidden stat
 and repaired* layers before it (as SparseGPT / SlimGPT do), and the target is the *dense* layer applied to that same
 input, so later layers re-fit to what they will really see and errors do not compound unnoticed. Within a layer the
 attention (``o_proj``, kept head columns) is repaired first, then the MLP's statistics are taken behind the repaired
-attention. Cost: three block passes over the calibration set per layer (two when no heads are pruned).
+attention. Cost per layer: one block pass with the dense MLP swapped in (the statistics; the attention outputs
+are kept) and one pass of the repaired MLP behind the replayed attention outputs; one more block pass when heads
+are pruned (the ``o_proj`` statistics). The first pass runs the pruned MLP as well (its output defines the token
+weights below), and the dense MLP on the same input.
 
 Two targets (:data:`REPAIR_TARGETS`, ``target=``):
 
@@ -61,7 +64,8 @@ Two targets (:data:`REPAIR_TARGETS`, ``target=``):
 
 Token weighting (:data:`TOKEN_WEIGHTS`, ``token_weights=``; default ``normalized``). Every moment above is a mean
 over tokens; ``normalized`` makes it a weighted mean with ``w_t ∝ 1/‖h_t‖²``, ``h_t`` the residual stream the
-projection's output is added to (the stream after the add; for the ``model`` target the dense one). The next block
+projection's output is added to (the stream after the add, with the pruned, not yet re-fitted projection; for
+the ``model`` target the dense model's stream). The next block
 reads the stream through an RMSNorm, so an output error ``e_t`` reaches it as ``e_t/rms(h_t)``: the weighted
 objective ``Σ_t ‖e_t‖²/‖h_t‖²`` is the error the rest of the model sees. Uniformly, SmolLM2-135M's attention-sink
 tokens (a window's first token: ‖h‖ ≈ 22 500 after block 20 vs a median of 221) hold 98 % of ``Σ‖h‖²`` in the
@@ -99,6 +103,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -543,34 +548,46 @@ def enable_biases(model: nn.Module, mlp: bool, attention: bool) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # calibration inputs of every layer
 # ----------------------------------------------------------------------------------------------------------
+class _KwargsRecorder(nn.Module):
+    """Stands in for decoder block ``idx`` during :func:`capture_layer_inputs`: records the block's input and call
+    keyword arguments and returns the input unchanged, so no block computes anything (every supported family's
+    decoder loop is ``hidden_states = layer(hidden_states, **kw)``)."""
+
+    def __init__(self, idx: int, seen: dict[int, tuple]) -> None:
+        super().__init__()
+        self.idx, self.seen = idx, seen
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args:  # a family passing more positionals would need them recorded too: refuse rather than drop them
+            raise TypeError(f"decoder block {self.idx} called with {len(args)} extra positional arguments")
+        self.seen[self.idx] = (hidden_states, kwargs)
+        return hidden_states
+
+
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, calibration: torch.Tensor,
                          batch_size: int) -> tuple[list[torch.Tensor], list[list[dict]]]:
     """Block-0 input per batch and the exact keyword arguments the model passes each layer (rotary embeddings,
-    per-layer-type masks), captured with forward pre-hooks during one forward, as :class:`BlockEvaluator` does."""
+    per-layer-type masks). The blocks are swapped for :class:`_KwargsRecorder` stand-ins during the decoder's own
+    forward, so the capture costs the embedding and mask construction only, not a forward through every block
+    (SparseGPT's "Catcher" idea, extended to every block's kwargs)."""
     adapter = adapter_for(model)
     layers = adapter.layers(model)
     device = next(model.parameters()).device
     current: dict[int, tuple] = {}
-
-    def hook(idx):
-        def pre(module, args, kwargs):
-            h = args[0] if args else kwargs["hidden_states"]
-            current[idx] = (h, {k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-        return pre
-
-    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    originals = list(layers)
     states, kwargs = [], []
     try:
+        for i in range(len(originals)):
+            layers[i] = _KwargsRecorder(i, current)
         for start in range(0, calibration.shape[0], batch_size):
             current.clear()
             adapter.decoder(model)(input_ids=calibration[start : start + batch_size].to(device), use_cache=False)
             states.append(current[0][0])
-            kwargs.append([current[i][1] for i in range(len(layers))])
+            kwargs.append([current[i][1] for i in range(len(originals))])
     finally:
-        for h in handles:
-            h.remove()
+        for i, layer in enumerate(originals):
+            layers[i] = layer
     for h in states:
         if not torch.isfinite(h).all():
             raise PrunelabError("calibration embeddings are not finite (NaN/inf): cannot repair")
@@ -599,6 +616,43 @@ def _accumulate(acc: GramAccumulator, module: nn.Module, run: Callable[[int], to
             acc.add(z, None if token_weights == "uniform" else stream_weights(stream(b, out, block_out), token_weights))
     finally:
         handle.remove()
+
+
+@contextmanager
+def _swapped(layer: nn.Module, path: str, stand_in: nn.Module):
+    """``layer``'s submodule at ``path`` replaced by ``stand_in`` inside the block (restored after)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = layer.get_submodule(parent_path) if parent_path else layer
+    original = getattr(parent, name)
+    setattr(parent, name, stand_in)
+    try:
+        yield
+    finally:
+        setattr(parent, name, original)
+
+
+@contextmanager
+def _recorded(module: nn.Module, outputs: list):
+    """Every output of ``module`` appended to ``outputs`` while inside the block."""
+    handle = module.register_forward_hook(lambda mod, args, out: outputs.append(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _Replay(nn.Module):
+    """Returns the recorded outputs of a submodule one call at a time, in order (the calls must come in the order
+    they were recorded: one per calibration batch)."""
+
+    def __init__(self, outputs: list) -> None:
+        super().__init__()
+        self.outputs, self.calls = outputs, 0
+
+    def forward(self, *args, **kwargs):
+        out = self.outputs[self.calls]
+        self.calls += 1
+        return out
 
 
 def _head_columns(heads: Sequence[int], head_dim: int) -> torch.Tensor:
@@ -654,6 +708,7 @@ def repair_width(
     report = RepairReport(method=method, ridge=None if ridge is None else float(ridge), tokens=int(calibration.numel()), seconds=0.0,
                           target=target)
     mlp_path = adapter.proj_names["down"].rsplit(".", 1)[0]
+    attn_path = adapter.proj_names["o"].rsplit(".", 1)[0]
     from rich.progress import Progress
 
     n = len(plans)
@@ -662,6 +717,7 @@ def repair_width(
             task = prog.add_task(f"repair ({method})", total=n)
             for i in range(n):
                 plan = plans[i]
+                attention_out: list = []
                 dense = prepare(i)
                 layer = adapter.layers(model)[i]
                 if dense_states is not None:
@@ -703,7 +759,8 @@ def repair_width(
                 elif dense_states is None and m.active and plan.neurons is not None:
                     acc = GramAccumulator(adapter.mlp_width(dense), f"layer {i} down_proj", device)
                     dense_mlp = dense.get_submodule(mlp_path)
-                    # the dense MLP runs on the input the pruned (and attention-repaired) layer really gives its MLP
+                    # the dense MLP runs on the input the pruned (and attention-repaired) layer really gives its MLP;
+                    # the attention outputs are kept, so the pass after the fit replays them instead of re-running
                     def run_dense_mlp(mod, args, dense_mlp=dense_mlp):
                         dense_mlp(args[0])  # its down_proj hook (in _accumulate) sees the full intermediate
 
@@ -711,16 +768,21 @@ def repair_width(
                     outer = (own_mlp.register_forward_pre_hook(run_dense_mlp) if own_mlp is not dense_mlp
                              else None)  # the same module (nothing removed): its own down_proj hook suffices
                     try:
-                        _accumulate(acc, adapter.module(dense, "down"),
-                                    lambda b: _out(layer(states[b], **kwargs[b][i])), len(states),
-                                    lambda b, out, block_out: block_out, token_weights)
+                        with _recorded(layer.get_submodule(attn_path), attention_out):
+                            _accumulate(acc, adapter.module(dense, "down"),
+                                        lambda b: _out(layer(states[b], **kwargs[b][i])), len(states),
+                                        lambda b, out, block_out: block_out, token_weights)
                     finally:
                         if outer is not None:
                             outer.remove()
                     _apply(adapter.module(dense, "down"), adapter.module(layer, "down"), acc,
                            torch.as_tensor(plan.neurons, dtype=torch.long), m, ridge, report, i, "down")
                 del dense
-                states = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(states)]
+                if attention_out:  # the attention is unchanged by the MLP's fit: replay it instead of re-running it
+                    with _swapped(layer, attn_path, _Replay(attention_out)):
+                        states = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(states)]
+                else:
+                    states = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(states)]
                 if not all(torch.isfinite(h).all() for h in states):
                     raise PrunelabError(f"hidden states after layer {i} are not finite (NaN/inf): cannot repair")
                 done = [p for p in report.projections if p.layer == i]

@@ -394,3 +394,40 @@ def test_cli_refusal_one_line_exit_2_nothing_written(fam, args, message, tmp_pat
     assert code == 2 and len(lines) == 1 and message in lines[0], lines
     assert not out.exists() and not js.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "tiny"]  # no temporary sibling left either
+
+
+def test_capture_runs_no_block_and_records_what_the_blocks_receive(family):
+    """The block stand-ins of capture_layer_inputs see the embeddings and the kwargs a real forward passes each block
+    (pre-hooks on the real blocks, as the capture did before), and no real block runs."""
+    from prunelab.prune.repair import capture_layer_inputs
+
+    model = tiny_model(family).eval()
+    layers = adapter_for(model).layers(model)
+    seen: list[tuple[int, torch.Tensor, dict]] = []
+    handles = [layer.register_forward_pre_hook(
+        lambda mod, args, kwargs, i=i: seen.append((i, args[0] if args else kwargs["hidden_states"], kwargs)),
+        with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        states, kwargs = capture_layer_inputs(model, CAL, batch_size=4)
+        assert seen == []  # the capture ran no real block
+        with torch.no_grad():
+            for start in range(0, CAL.shape[0], 4):
+                adapter_for(model).decoder(model)(input_ids=CAL[start : start + 4], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert list(layers) == list(adapter_for(model).layers(model)) and len(states) == 2
+    for b in range(2):
+        ref = [s for s in seen[b * len(layers):(b + 1) * len(layers)]]
+        assert torch.equal(states[b], ref[0][1])
+        for i, (_, _, ref_kw) in enumerate(ref):
+            got = kwargs[b][i]
+            assert set(got) == {k for k in ref_kw if k != "hidden_states"}
+            for k, v in got.items():
+                r = ref_kw[k]
+                if isinstance(v, torch.Tensor):
+                    assert torch.equal(v, r), (family, i, k)
+                elif isinstance(v, tuple):
+                    assert all(torch.equal(a, c) for a, c in zip(v, r)), (family, i, k)
+                else:
+                    assert v == r, (family, i, k)

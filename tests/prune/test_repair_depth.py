@@ -237,3 +237,76 @@ def test_cli_linear_refusals_one_line_exit_2_nothing_written(saved6, tmp_path, c
     code, lines = _main(["prune", "depth", str(gemma), "-k", "1", "--compensate", "scale", "--ridge", "-1", "-o",
                          str(tmp_path / "o")], capsys)
     assert code == 2 and lines == ["error: --ridge must be ≥ 0, got -1.0"]
+
+
+@pytest.mark.parametrize("fam, extra", [("llama", {}), ("llama", {"mlp_bias": True}), ("qwen2", {}), ("phi3", {})])
+def test_refit_contains_linear_and_reloads(fam, extra, tmp_path):
+    """refit re-fits every kept down_proj from the first removed run on toward the dense stream: at each anchor its
+    stream error is ≤ linear's (without a bias, linear's Tᵀ·W is one feasible refit), every fit is ≤ its unrefitted
+    error, blocks
+    before the first run are untouched, and the saved model reloads with plain from_pretrained."""
+    import prunelab
+    from transformers import AutoModelForCausalLM
+
+    dense = tiny_model(fam, num_hidden_layers=6, **extra)
+    if extra.get("mlp_bias"):  # a nonzero bias must stay where it is (it is not re-fitted)
+        with torch.no_grad():
+            for layer in dense.model.layers:
+                layer.mlp.down_proj.bias.normal_(0, 0.5)
+    removed = [2, 3, 5]
+    lin, fit = copy.deepcopy(dense), copy.deepcopy(dense)
+    rep_lin = compensate_and_remove(lin, removed, CAL, "linear", ridge=0.0, progress=False)
+    rep = compensate_and_remove(fit, removed, CAL, "refit", ridge=0.0, progress=False)
+    assert [(r.first, r.last, r.anchor) for r in rep.runs] == [(2, 3, 1), (5, 5, 4)]
+    assert [r.layer for r in rep.refits] == [1, 4]  # kept blocks 0, 1, 4 → only 1 (anchor) and 4 (anchor) re-fit
+    assert all(r.error_after <= r.error_before + 1e-9 for r in rep.refits)
+    if not extra.get("mlp_bias"):  # linear also maps the bias (b ← Tᵀb), which refit keeps: no containment then
+        assert rep.runs[0].error_after <= rep_lin.runs[0].error_after * (1 + 1e-4) + 1e-9
+    assert rep.runs[0].error_after < rep.runs[0].error_before * 0.99  # the fit changes something
+    down = adapter_for(dense).module
+    assert torch.equal(down(fit.model.layers[0], "down").weight, down(dense.model.layers[0], "down").weight)
+    if extra.get("mlp_bias"):
+        assert torch.equal(fit.model.layers[1].mlp.down_proj.bias, dense.model.layers[1].mlp.down_proj.bias)
+    prunelab.save(fit, tiny_tokenizer(), tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(X).logits, fit(X).logits, atol=1e-5)
+
+
+def test_refit_equals_least_squares_on_the_compensated_models_own_activations():
+    """Each re-fitted down_proj is the least-squares solution on the activations the compensated model itself
+    computes (hooks on a real forward with the removed blocks skipped), against the dense stream at the same point:
+    for the anchor (block 1, target after removed block 2) and for the next kept block (3, whose input is already the
+    compensated stream) — so the stream the fit tracks internally is the model's real one."""
+    from prunelab.prune.block_evaluator import blocks_removed
+    from prunelab.prune.depth_repair import fold_compensation
+
+    dense = tiny_model("llama", num_hidden_layers=6)
+    model = copy.deepcopy(dense)
+    fold_compensation(model, [2], CAL, "refit", ridge=0.0, token_weights="uniform", progress=False)
+    with torch.no_grad():
+        d_states = dense(CAL, output_hidden_states=True).hidden_states  # d_states[j + 1]: after dense block j
+        for block, target in ((1, d_states[3]), (3, d_states[4])):
+            seen = {}
+            layer = model.model.layers[block]
+            h1 = layer.mlp.down_proj.register_forward_hook(lambda m, a, o: seen.update(z=a[0], y=o))
+            h2 = layer.register_forward_hook(lambda m, a, o: seen.update(out=o[0] if isinstance(o, tuple) else o))
+            with blocks_removed(model, {2}):
+                model(CAL, use_cache=False)
+            h1.remove()
+            h2.remove()
+            z = seen["z"].reshape(-1, 48).double()
+            want = (target - (seen["out"] - seen["y"])).reshape(-1, 32).double()
+            w_ls = torch.linalg.lstsq(z, want).solution.T
+            assert torch.allclose(layer.mlp.down_proj.weight.double(), w_ls, atol=2e-3), block
+
+
+def test_refit_refusals():
+    with pytest.raises(PrunelabError, match="post_feedforward_layernorm"):
+        compensate_and_remove(tiny_model("gemma2", num_hidden_layers=6), [2], CAL, "refit", progress=False)
+    with pytest.raises(PrunelabError, match="at least 48 calibration tokens"):
+        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [2], CAL[:1, :8], "refit", ridge=0,
+                              progress=False)
+    model = tiny_model("llama", num_hidden_layers=6)
+    rep = compensate_and_remove(model, [0, 1], CAL, "refit", progress=False)  # no anchor needed: later blocks fit
+    assert rep.runs == [] and [r.layer for r in rep.refits] == [2, 3, 4, 5]
