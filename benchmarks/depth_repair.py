@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                          "run with each (prunelab.prune.repair.TOKEN_WEIGHTS)")
     ap.add_argument("--ppl-windows", type=int, default=0, help="WikiText-2 windows of 512 tokens (0: the whole file)")
     ap.add_argument("--arc-limit", type=int, default=500, help="ARC-Easy items (0: skip)")
+    ap.add_argument("--removed", default=None,
+                    help="comma list of blocks to remove instead of searching (e.g. the blocks a search chose in an "
+                         "earlier run, to compare compensations without repeating the search); its cells are "
+                         "labelled 'given'")
     ap.add_argument("--compensated-search", action="store_true",
                     help="also search with each compensation applied to every candidate (search_blocks(compensate=))")
     ap.add_argument("--latency-reps", type=int, default=7, help="forward passes timed per model (median)")
@@ -99,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.errors import PrunelabError
     from prunelab.stats import accuracy_difference, mean_ci, perplexity_ratio
 
+    given = None  # --removed: checked before the model loads (the upper bound once its depth is known)
+    if args.removed is not None:
+        try:
+            given = sorted({int(b) for b in args.removed.split(",") if b.strip()})
+        except ValueError:
+            raise SystemExit(f"--removed: a comma list of block indices, got {args.removed!r}") from None
+        if not given or given[0] < 0:
+            raise SystemExit(f"--removed: block indices ≥ 0, got {args.removed!r}")
+        if args.compensated_search:
+            raise SystemExit("--removed gives the blocks: it cannot be combined with --compensated-search")
     ridge = DEFAULT_RIDGE if args.ridge is None else args.ridge
     comps = COMPENSATIONS.parse_list(args.compensations)
     weightings = TOKEN_WEIGHTS.parse_list(args.token_weights)  # the first one also serves a compensated search
@@ -143,12 +157,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dense: ppl {d_ppl.perplexity:.2f} over {d_ppl.windows} windows"
           + (f", ARC-Easy {d_arc[0]:.1f}" if d_arc else ""), flush=True)
     cells = [(s, "none") for s in args.searches.split(",")]
+    if given is not None:
+        n_blocks = dense.config.num_hidden_layers
+        if any(b >= n_blocks for b in given):
+            raise SystemExit(f"--removed: block indices in [0, {n_blocks}), got {args.removed!r}")
+        cells = [("given", "none")]
     if args.compensated_search:
         cells += [(s, c) for s in args.searches.split(",") for c in comps if c != "none"]
     for search, searched_with in cells:
         t0 = time.perf_counter()
-        res = search_blocks(dense, args.k, "perplexity", search, calibration=cal, progress=False,
-                            compensate=searched_with, ridge=ridge, token_weights=weightings[0])
+        if given is not None:
+            from types import SimpleNamespace
+
+            res = SimpleNamespace(removed=given, candidates=0)
+        else:
+            res = search_blocks(dense, args.k, "perplexity", search, calibration=cal, progress=False,
+                                compensate=searched_with, ridge=ridge, token_weights=weightings[0])
         search_s = time.perf_counter() - t0
         if searched_with != "none":
             search = f"{search} (searched with {searched_with})"
