@@ -44,6 +44,7 @@ from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
 
 #: ``--calib-source`` that compensates on the evaluated text itself (:func:`prunelab.evaluate.perplexity.leading_windows`)
 ORACLE = "wikitext-oracle"
+HELDOUT = "wikitext-heldout"  # WikiText-2 test windows after the evaluated ones (and a gap): same format, other text
 
 #: issue 19's depth goal: compensated perplexity ≤ GOAL × the uncompensated one (same search, same blocks)
 GOAL = 0.6
@@ -62,13 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compensations", default="none,linear,scale")
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration windows (LAMBADA calibration pool)")
     ap.add_argument("--calib-seq-len", type=int, default=128)
-    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", "wikipedia", ORACLE),
+    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", "wikipedia", ORACLE, HELDOUT),
                     help=f"calibration text of the compensations (the search always uses LAMBADA, so every source "
                          f"compensates the same blocks). {ORACLE}: the first --oracle-windows evaluated WikiText-2 "
                          f"windows themselves (512 tokens each): an in-sample upper bound on what the compensation can "
-                         f"reach, never a result")
+                         f"reach, never a result. {HELDOUT}: --oracle-windows windows of the same file that are *not* "
+                         f"evaluated (after the --ppl-windows evaluated ones and --heldout-gap more), so the text is "
+                         f"disjoint but the format is WikiText-2's (needs --ppl-windows > 0)")
     ap.add_argument("--oracle-windows", type=int, default=256,
-                    help=f"with --calib-source {ORACLE}: how many evaluated windows calibrate the compensations")
+                    help=f"with --calib-source {ORACLE} / {HELDOUT}: how many windows calibrate the compensations")
+    ap.add_argument("--heldout-gap", type=int, default=16,
+                    help=f"with --calib-source {HELDOUT}: windows skipped between the evaluated and the calibration "
+                         f"windows (≈ 1.5 articles: the file has 62 articles in 590 windows), so no article is in both")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of the linear map (default: auto)")
     ap.add_argument("--token-weights", default="normalized",
                     help="comma list of token weightings of the fits (normalized, uniform): each compensation is "
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.data import calibration_batch, load_wikitext2_text
     from prunelab.evaluate import evaluate
     from prunelab.evaluate.efficiency import interleaved_latency
-    from prunelab.evaluate.perplexity import leading_windows, perplexity
+    from prunelab.evaluate.perplexity import leading_windows, perplexity, window_batch
     from prunelab.models import count_parameters, load
     from prunelab.prune.depth import search_blocks
     from prunelab.prune.depth_repair import COMPENSATIONS, compensate_and_remove
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.errors import PrunelabError
     from prunelab.stats import accuracy_difference, mean_ci, perplexity_ratio
 
+    if args.calib_source == HELDOUT and args.ppl_windows <= 0:
+        raise SystemExit(f"--calib-source {HELDOUT} needs --ppl-windows > 0: the whole file leaves no held-out window")
     given = None  # --removed: checked before the model loads (the upper bound once its depth is known)
     if args.removed is not None:
         try:
@@ -122,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibration_batch(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len, source="lambada", seed=0)
     windows = args.ppl_windows or None
     comp_cal = cal
-    if args.calib_source == ORACLE:
+    if args.calib_source == HELDOUT:
+        first = args.ppl_windows + args.heldout_gap
+        comp_cal = window_batch(tok, text, first, args.oracle_windows, 512)
+        print(f"held out: compensation calibrated on WikiText-2 test windows {first}-{first + args.oracle_windows - 1}; "
+              f"windows 0-{args.ppl_windows - 1} are evaluated (disjoint text, same file and format)", flush=True)
+    elif args.calib_source == ORACLE:
         comp_cal = leading_windows(tok, text, args.oracle_windows, 512)
         print(f"ORACLE: compensation calibrated on WikiText-2 test windows 0-{args.oracle_windows - 1}, the evaluated "
               f"text itself; every compensated number below is an in-sample upper bound, not a result", flush=True)

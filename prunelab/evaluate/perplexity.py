@@ -72,10 +72,21 @@ def leading_windows(tokenizer, text: str, n: int, seq_len: int = 512) -> torch.T
     batch has seen the evaluated text itself: the benchmarks use it as an in-sample *oracle* — the most favourable
     calibration a calibration-based repair can get, an upper bound on it, never a result.
     """
+    return window_batch(tokenizer, text, 0, n, seq_len)
+
+
+def window_batch(tokenizer, text: str, first: int, n: int, seq_len: int = 512) -> torch.Tensor:
+    """Evaluation windows ``first … first + n − 1`` of ``text`` (stride ``seq_len``) as one ``[n, seq_len]`` batch.
+
+    With ``first`` past the evaluated windows it is *held-out* text of the same file: the benchmarks calibrate on it
+    when only the first windows are scored, so calibration and evaluation share the format but not the text.
+    """
     ids = tokenize_text(tokenizer, text)
-    if n <= 0 or n * seq_len > ids.numel():
-        raise PrunelabError(f"the text has {ids.numel() // seq_len} full windows of {seq_len} tokens; asked for {n}")
-    return ids[: n * seq_len].view(n, seq_len).clone()
+    full = ids.numel() // seq_len
+    if n <= 0 or first < 0 or first + n > full:
+        raise PrunelabError(f"the text has {full} full windows of {seq_len} tokens; asked for windows {first}–"
+                            f"{first + n - 1}")
+    return ids[first * seq_len : (first + n) * seq_len].view(n, seq_len).clone()
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ from prunelab.errors import PrunelabError
 from prunelab.evaluate import TASKS, evaluate
 from prunelab.evaluate.generation import generate_greedy
 from prunelab.evaluate.loglik import loglikelihood_reference
-from prunelab.evaluate.perplexity import leading_windows, perplexity_of_ids, tokenize_text, windows
+from prunelab.evaluate.perplexity import leading_windows, perplexity_of_ids, tokenize_text, window_batch, windows
 from prunelab.evaluate.tasks._common import argmax_first, run_multiple_choice
 from prunelab.evaluate.tasks.generative import arc_gen_prompt, first_word, lambada_match, parse_choice_letter
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -120,6 +120,20 @@ def test_leading_windows_are_the_evaluated_windows(tok):
         assert torch.equal(batch[j], chunk)  # the oracle calibration is exactly what the first windows score
     with pytest.raises(PrunelabError, match="full windows"):
         leading_windows(tok, text, ids.numel() // 16 + 1, seq_len=16)
+
+
+def test_window_batch_is_the_named_evaluated_windows_and_disjoint_from_the_leading_ones(tok):
+    text = " ".join(f"word{i} is here." for i in range(200))
+    ids = tokenize_text(tok, text)
+    wins = windows(ids, 16)
+    held = window_batch(tok, text, 5, 3, seq_len=16)
+    for j in range(3):
+        assert torch.equal(held[j], wins[5 + j][0])
+    lead = leading_windows(tok, text, 5, seq_len=16)
+    assert not set(map(tuple, lead.tolist())) & set(map(tuple, held.tolist()))
+    for first, n in ((-1, 2), (len(wins) - 1, 2), (0, 0)):
+        with pytest.raises(PrunelabError, match="full windows"):
+            window_batch(tok, text, first, n, seq_len=16)
 
 
 # ------------------------------------------------------------------------------------------------ tasks end to end
