@@ -63,9 +63,8 @@ from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
 from prunelab.models.surgery import remove_layers
 from prunelab.prune.repair import (DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, REPAIRS, TOKEN_WEIGHTS, ProjectionRepair,
-                                   TargetAccumulator,
-                                   _out, capture_layer_inputs, effective_ridge, has_post_norms, solve_to_target,
-                                   stream_weights)
+                                   TargetAccumulator, _out, _recorded, capture_layer_inputs, effective_ridge,
+                                   has_post_norms, solve_to_target, stream_weights)
 from prunelab.registry import Registry
 
 COMPENSATIONS: Registry[str] = Registry("depth compensation")
@@ -222,12 +221,8 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
                         pruned = None  # until the fit: the block's output depends on its new down_proj
                     elif method == "linear" and i in anchors:
                         mlp_out: list[torch.Tensor] = []
-                        handle = layer.get_submodule(mlp_path).register_forward_hook(
-                            lambda mod, args, out: mlp_out.append(out))
-                        try:
+                        with _recorded(layer.get_submodule(mlp_path), mlp_out):
                             outs = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
-                        finally:
-                            handle.remove()
                         pending = {"anchor": i, "m": mlp_out, "mid": [o - m for o, m in zip(outs, mlp_out)]}
                         pruned = outs
                     else:
@@ -238,9 +233,7 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
                     if i in run_end:  # an anchor: record the stream error at the run's end, as linear does
                         a, b = run_end[i]
                         ref = sum(float(d.double().pow(2).sum()) for d in dense)
-                        before = sum(float((base + z @ adapter.module(layers[pending["block"]], "down").weight.T - d)
-                                           .double().pow(2).sum())
-                                     for z, base, d in zip(pending["z"], pending["base"], dense))
+                        before = sum(float((o - d).double().pow(2).sum()) for o, d in zip(pending["out"], dense))
                     pruned = _fit_refit(adapter, layers, pending, dense, ridge, token_weights, report)
                     if i in run_end:
                         after = sum(float((p - d).double().pow(2).sum()) for p, d in zip(pruned, dense))
@@ -285,16 +278,14 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
 
 def _refit_inputs(adapter, layer: nn.Module, pruned: list[torch.Tensor], kwargs: list[list[dict]], i: int) -> dict:
     """Run kept block ``i`` on the pruned stream and keep what its ``down_proj`` fit needs: the intermediate ``z`` and
-    ``base = output − down_proj(z)`` (the attention residual stream plus the bias) per batch."""
+    ``base = output − down_proj(z)`` (the attention residual stream plus the bias) per batch, and the output itself
+    (the stream before the fit)."""
     down = adapter.module(layer, "down")
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    handle = down.register_forward_hook(lambda mod, args, out: seen.append((args[0], out)))
-    try:
+    with _recorded(down, seen, keep=lambda args, out: (args[0], out)):
         outs = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
-    finally:
-        handle.remove()
     base = [o - y + (0 if down.bias is None else down.bias) for o, (_, y) in zip(outs, seen)]
-    return {"block": i, "z": [z for z, _ in seen], "base": base}
+    return {"block": i, "z": [z for z, _ in seen], "base": base, "out": outs}
 
 
 def _fit_refit(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge: float | None, token_weights: str,

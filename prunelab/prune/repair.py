@@ -39,10 +39,10 @@ Sequential, layer by layer: each layer's statistics are taken on the hidden stat
 and repaired* layers before it (as SparseGPT / SlimGPT do), and the target is the *dense* layer applied to that same
 input, so later layers re-fit to what they will really see and errors do not compound unnoticed. Within a layer the
 attention (``o_proj``, kept head columns) is repaired first, then the MLP's statistics are taken behind the repaired
-attention. Cost per layer: one block pass with the dense MLP swapped in (the statistics; the attention outputs
-are kept) and one pass of the repaired MLP behind the replayed attention outputs; one more block pass when heads
-are pruned (the ``o_proj`` statistics). The first pass runs the pruned MLP as well (its output defines the token
-weights below), and the dense MLP on the same input.
+attention. Cost per layer: one block pass for the statistics, in which the dense MLP runs on the input the pruned
+MLP gets (the pruned MLP's output defines the token weights below) and the attention outputs are kept; then one
+pass of the re-fitted MLP behind the replayed attention outputs; one more block pass when heads are pruned (the
+``o_proj`` statistics).
 
 Two targets (:data:`REPAIR_TARGETS`, ``target=``):
 
@@ -103,7 +103,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -632,9 +632,10 @@ def _swapped(layer: nn.Module, path: str, stand_in: nn.Module):
 
 
 @contextmanager
-def _recorded(module: nn.Module, outputs: list):
-    """Every output of ``module`` appended to ``outputs`` while inside the block."""
-    handle = module.register_forward_hook(lambda mod, args, out: outputs.append(out))
+def _recorded(module: nn.Module, outputs: list, keep: Callable[[tuple, object], object] = lambda args, out: out):
+    """``keep(args, output)`` of every call of ``module`` appended to ``outputs`` while inside the block (by default
+    the output itself)."""
+    handle = module.register_forward_hook(lambda mod, args, out: outputs.append(keep(args, out)))
     try:
         yield
     finally:
@@ -778,10 +779,8 @@ def repair_width(
                     _apply(adapter.module(dense, "down"), adapter.module(layer, "down"), acc,
                            torch.as_tensor(plan.neurons, dtype=torch.long), m, ridge, report, i, "down")
                 del dense
-                if attention_out:  # the attention is unchanged by the MLP's fit: replay it instead of re-running it
-                    with _swapped(layer, attn_path, _Replay(attention_out)):
-                        states = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(states)]
-                else:
+                # the attention is unchanged by the MLP's fit: replay its recorded outputs instead of re-running it
+                with _swapped(layer, attn_path, _Replay(attention_out)) if attention_out else nullcontext():
                     states = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(states)]
                 if not all(torch.isfinite(h).all() for h in states):
                     raise PrunelabError(f"hidden states after layer {i} are not finite (NaN/inf): cannot repair")
