@@ -14,6 +14,9 @@ from prunelab.evaluate.perplexity import window_batch
 
 ORACLE = "wikitext-oracle"
 HELDOUT = "wikitext-heldout"
+#: every ``--calib-source`` of the two benchmarks: the library's sources (:func:`prunelab.data.calibration_batch`)
+#: and the two WikiText-2 ones
+SOURCES = ("lambada", "dolly", "wikipedia", ORACLE, HELDOUT)
 #: windows skipped between the evaluated and the held-out ones: ≈ 1.5 articles (62 articles in 590 windows)
 HELDOUT_GAP = 16
 

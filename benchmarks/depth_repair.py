@@ -42,9 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
 
 
-#: ``--calib-source`` that compensates on the evaluated text itself (:func:`prunelab.evaluate.perplexity.leading_windows`)
-ORACLE = "wikitext-oracle"
-HELDOUT = "wikitext-heldout"  # WikiText-2 test windows after the evaluated ones (and a gap): same format, other text
+from benchmarks.calibration_sources import HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, held_out_windows  # noqa: E402
 
 #: issue 19's depth goal: compensated perplexity ≤ GOAL × the uncompensated one (same search, same blocks)
 GOAL = 0.6
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compensations", default="none,linear,scale")
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration windows (LAMBADA calibration pool)")
     ap.add_argument("--calib-seq-len", type=int, default=128)
-    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", "wikipedia", ORACLE, HELDOUT),
+    ap.add_argument("--calib-source", default="lambada", choices=SOURCES,
                     help=f"calibration text of the compensations (the search always uses LAMBADA, so every source "
                          f"compensates the same blocks). {ORACLE}: the first --oracle-windows evaluated WikiText-2 "
                          f"windows themselves (512 tokens each): an in-sample upper bound on what the compensation can "
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"disjoint but the format is WikiText-2's (needs --ppl-windows > 0)")
     ap.add_argument("--oracle-windows", type=int, default=256,
                     help=f"with --calib-source {ORACLE} / {HELDOUT}: how many windows calibrate the compensations")
-    ap.add_argument("--heldout-gap", type=int, default=16,
+    ap.add_argument("--heldout-gap", type=int, default=HELDOUT_GAP,
                     help=f"with --calib-source {HELDOUT}: windows skipped between the evaluated and the calibration "
                          f"windows (≈ 1.5 articles: the file has 62 articles in 590 windows), so no article is in both")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of the linear map (default: auto)")
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.data import calibration_batch, load_wikitext2_text
     from prunelab.evaluate import evaluate
     from prunelab.evaluate.efficiency import interleaved_latency
-    from prunelab.evaluate.perplexity import leading_windows, perplexity, window_batch
+    from prunelab.evaluate.perplexity import leading_windows, perplexity
     from prunelab.models import count_parameters, load
     from prunelab.prune.depth import search_blocks
     from prunelab.prune.depth_repair import COMPENSATIONS, compensate_and_remove
@@ -131,10 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     windows = args.ppl_windows or None
     comp_cal = cal
     if args.calib_source == HELDOUT:
-        first = args.ppl_windows + args.heldout_gap
-        comp_cal = window_batch(tok, text, first, args.oracle_windows, 512)
-        print(f"held out: compensation calibrated on WikiText-2 test windows {first}-{first + args.oracle_windows - 1}; "
-              f"windows 0-{args.ppl_windows - 1} are evaluated (disjoint text, same file and format)", flush=True)
+        comp_cal, note = held_out_windows(tok, text, args.ppl_windows, args.oracle_windows, args.heldout_gap)
+        print(note, flush=True)
     elif args.calib_source == ORACLE:
         comp_cal = leading_windows(tok, text, args.oracle_windows, 512)
         print(f"ORACLE: compensation calibrated on WikiText-2 test windows 0-{args.oracle_windows - 1}, the evaluated "

@@ -74,11 +74,12 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
+from benchmarks.calibration_sources import HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, held_out_windows  # noqa: E402
 import prunelab  # noqa: E402
 from prunelab.data import load_wikitext2_text  # noqa: E402
 from prunelab.data.calibration import calibration_batch  # noqa: E402
 from prunelab.evaluate.efficiency import forward_latency, interleaved_latency  # noqa: E402
-from prunelab.evaluate.perplexity import leading_windows, perplexity, window_batch  # noqa: E402
+from prunelab.evaluate.perplexity import leading_windows, perplexity  # noqa: E402
 from prunelab.models import adapter_for, count_parameters, flops_per_token  # noqa: E402
 from prunelab.prune.adaptive import LOSS_SCALED_CRITERIA, adapt_prune  # noqa: E402
 from prunelab.prune.width import prune_width  # noqa: E402
@@ -223,10 +224,6 @@ def peers_available() -> tuple[bool, str]:
     return not missing, ", ".join(missing)
 
 
-#: ``--calib-source`` that calibrates on the evaluated text itself (:func:`prunelab.evaluate.perplexity.leading_windows`)
-ORACLE = "wikitext-oracle"
-HELDOUT = "wikitext-heldout"  # WikiText-2 test windows after the evaluated ones (and a gap): same format, other text
-
 #: ``--quick``: an end-to-end smoke check, not a measurement. 80 % sparsity keeps 307 neurons, so ``ls`` needs only
 #: 307 calibration tokens (it refuses fewer than the kept width): 4 × 96 keeps the repair passes short.
 QUICK = dict(ratios="0.8", criteria="maw_hybrid", repairs="none,ls", calib_samples=4, calib_seq_len=96,
@@ -321,14 +318,14 @@ def main() -> None:
     ap.add_argument("--ratios", default=None, help="MLP sparsities (default 0.4,0.2)")
     ap.add_argument("--calib-samples", type=int, default=None, help="calibration windows (default 16)")
     ap.add_argument("--calib-seq-len", type=int, default=None, help="tokens per calibration window (default 128)")
-    ap.add_argument("--calib-source", default="lambada", choices=("lambada", "dolly", "wikipedia", ORACLE, HELDOUT),
+    ap.add_argument("--calib-source", default="lambada", choices=SOURCES,
                     help=f"calibration text (default lambada; wikipedia: BoolQ passages, disjoint from the "
                          f"WikiText-2 test file). {ORACLE}: the first --calib-samples evaluated WikiText-2 windows "
                          f"themselves (--calib-seq-len is then 512): an in-sample upper bound on "
                          f"what a calibration-based method can reach, never a result. {HELDOUT}: --calib-samples "
                          f"windows of the same file that are not evaluated (after the evaluated ones and "
                          f"--heldout-gap more; needs a numeric --ppl-windows): disjoint text, WikiText-2's format")
-    ap.add_argument("--heldout-gap", type=int, default=16,
+    ap.add_argument("--heldout-gap", type=int, default=HELDOUT_GAP,
                     help=f"with --calib-source {HELDOUT}: windows skipped between the evaluated and the calibration "
                          f"windows (≈ 1.5 articles: the file has 62 articles in 590 windows)")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -423,10 +420,8 @@ def main() -> None:
     text = load_wikitext2_text()
     if args.calib_source == HELDOUT:
         args.calib_seq_len = 512
-        first = windows_n + args.heldout_gap
-        cal = window_batch(tok, text, first, args.calib_samples, 512)
-        console.print(f"held out: calibration = WikiText-2 test windows {first}–{first + args.calib_samples - 1}; "
-                      f"windows 0–{windows_n - 1} are evaluated (disjoint text, same file and format)")
+        cal, note = held_out_windows(tok, text, windows_n, args.calib_samples, args.heldout_gap)
+        console.print(note)
     elif args.calib_source == ORACLE:
         args.calib_seq_len = 512
         cal = leading_windows(tok, text, args.calib_samples, 512)
