@@ -12,7 +12,9 @@ the uncompensated one at k = 7, for greedy and for one-shot.
 Also per cell: the forward latency ([4 × 128] tokens, median of ``--latency-reps`` rounds timed interleaved across
 the cells of a search, after their evaluations) — compensation is folded into existing weights, so it must not
 change. ``--calib-source wikitext-oracle`` compensates on the evaluated windows themselves (same blocks): an
-in-sample upper bound on what the compensation can reach, never a result. ``--quick`` checks the script end to end
+in-sample upper bound on what the compensation can reach, never a result. ``--calib-source wikitext-crossfit``
+compensates twice, on ``--oracle-windows`` windows of each half of the test file, and scores each half with the
+model compensated on the other half (the whole file, disjoint calibration, WikiText-2's format). ``--quick`` checks the script end to end
 in about a minute (one-shot only, 9 × 64 calibration tokens, 1 window, 10 items; 83 s measured with another job
 holding one of the 2 cores).
 The full run (defaults below) takes ≈ 1.5–2 h on an idle 2-core CPU: 7 evaluations (dense, 2 searches × 3
@@ -42,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
 
 
-from benchmarks.calibration_sources import HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, held_out_windows  # noqa: E402
+from benchmarks.calibration_sources import (CROSSFIT, HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, crossfit_folds,  # noqa: E402
+                                           crossfit_note, held_out_windows, leading_text)
 
 #: issue 19's depth goal: compensated perplexity ≤ GOAL × the uncompensated one (same search, same blocks)
 GOAL = 0.6
@@ -67,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                          f"windows themselves (512 tokens each): an in-sample upper bound on what the compensation can "
                          f"reach, never a result. {HELDOUT}: --oracle-windows windows of the same file that are *not* "
                          f"evaluated (after the --ppl-windows evaluated ones and --heldout-gap more), so the text is "
-                         f"disjoint but the format is WikiText-2's (needs --ppl-windows > 0)")
+                         f"disjoint but the format is WikiText-2's (needs --ppl-windows > 0). {CROSSFIT}: the whole file, "
+                         f"each half scored by a model compensated on --oracle-windows windows of the other half "
+                         f"(--heldout-gap windows from the split, no article in both; ARC-Easy and latency use the "
+                         f"first half's model)")
     ap.add_argument("--oracle-windows", type=int, default=256,
                     help=f"with --calib-source {ORACLE} / {HELDOUT}: how many windows calibrate the compensations")
     ap.add_argument("--heldout-gap", type=int, default=HELDOUT_GAP,
-                    help=f"with --calib-source {HELDOUT}: windows skipped between the evaluated and the calibration "
+                    help=f"with --calib-source {HELDOUT} / {CROSSFIT}: windows skipped between the scored and the calibration "
                          f"windows (≈ 1.5 articles: the file has 62 articles in 590 windows), so no article is in both")
     ap.add_argument("--ridge", type=float, default=None, help="relative ridge of the linear map (default: auto)")
     ap.add_argument("--token-weights", default="normalized",
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                          "run with each (prunelab.prune.repair.TOKEN_WEIGHTS)")
     ap.add_argument("--ppl-windows", type=int, default=0, help="WikiText-2 windows of 512 tokens (0: the whole file)")
     ap.add_argument("--arc-limit", type=int, default=500, help="ARC-Easy items (0: skip)")
+    ap.add_argument("--text-windows", type=int, default=0,
+                    help="smoke checks only: keep the first N windows of the WikiText-2 test file (0: all of it)")
+    ap.add_argument("--skip-dense", action="store_true",
+                    help="no dense row (its numbers do not depend on the compensation: an earlier run has them)")
     ap.add_argument("--removed", default=None,
                     help="comma list of blocks to remove instead of searching (e.g. the blocks a search chose in an "
                          "earlier run, to compare compensations without repeating the search); its cells are "
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from prunelab.data import calibration_batch, load_wikitext2_text
     from prunelab.evaluate import evaluate
     from prunelab.evaluate.efficiency import interleaved_latency
-    from prunelab.evaluate.perplexity import leading_windows, perplexity
+    from prunelab.evaluate.perplexity import leading_windows, merge_perplexity, perplexity, window_range_perplexity
     from prunelab.models import count_parameters, load
     from prunelab.prune.depth import search_blocks
     from prunelab.prune.depth_repair import COMPENSATIONS, compensate_and_remove
@@ -109,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.calib_source == HELDOUT and args.ppl_windows <= 0:
         raise SystemExit(f"--calib-source {HELDOUT} needs --ppl-windows > 0: the whole file leaves no held-out window")
+    if args.calib_source == CROSSFIT and args.ppl_windows != 0:
+        raise SystemExit(f"--calib-source {CROSSFIT} scores the whole file: it needs --ppl-windows 0")
     given = None  # --removed: checked before the model loads (the upper bound once its depth is known)
     if args.removed is not None:
         try:
@@ -125,11 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     lm = load(args.model)
     dense, tok = lm.model, lm.tokenizer
     text = load_wikitext2_text()
+    if args.text_windows:
+        text = leading_text(tok, text, args.text_windows)
     cal = calibration_batch(tok, n_samples=args.calib_samples, seq_len=args.calib_seq_len, source="lambada", seed=0)
     windows = args.ppl_windows or None
     comp_cal = cal
-    if args.calib_source == HELDOUT:
-        comp_cal, note = held_out_windows(tok, text, args.ppl_windows, args.oracle_windows, args.heldout_gap)
+    folds = None  # CROSSFIT: each compensation fitted once per fold
+    if args.calib_source == CROSSFIT:
+        try:
+            folds = crossfit_folds(tok, text, args.oracle_windows, args.heldout_gap)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        comp_cal = folds[0].calibration
+        print(crossfit_note(folds), flush=True)
+    elif args.calib_source == HELDOUT:
+        try:
+            comp_cal, note = held_out_windows(tok, text, args.ppl_windows, args.oracle_windows, args.heldout_gap)
+        except ValueError as exc:  # e.g. an article in both
+            raise SystemExit(str(exc)) from None
         print(note, flush=True)
     elif args.calib_source == ORACLE:
         comp_cal = leading_windows(tok, text, args.oracle_windows, 512)
@@ -145,8 +170,16 @@ def main(argv: list[str] | None = None) -> int:
 
     x_latency = cal[:1, :128].repeat(4, 1)
 
-    def score(model):
-        ppl = perplexity(model, tok, text, seq_len=512, max_windows=windows)
+    comp_cals = [comp_cal] if folds is None else [f.calibration for f in folds]
+
+    def score(models):
+        """``models``: one per compensation calibration (cross-fit: fold ``i``'s model scores fold ``i``'s windows);
+        ARC-Easy uses the first."""
+        model = models[0]
+        if folds is None:
+            ppl = perplexity(model, tok, text, seq_len=512, max_windows=windows)
+        else:
+            ppl = merge_perplexity([window_range_perplexity(m, tok, text, *f.scored) for m, f in zip(models, folds)])
         win = {str(i): (n, t) for i, (n, t) in enumerate(zip(ppl.window_nll, ppl.window_tokens))}
         arc = None
         if args.arc_limit > 0:
@@ -158,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         return {"estimate": d.estimate, "low": d.low, "high": d.high, "p": getattr(d, "p", None)}
 
     rows = []
-    d_ppl, _, d_arc = score(dense)
-    rows.append({"search": "dense", "compensation": "-", "removed": [], "params": count_parameters(dense).total,
-                 "ppl": d_ppl.perplexity, "windows": d_ppl.windows, "arc": d_arc[0] if d_arc else None,
-                 "arc_ci": ci(mean_ci(d_arc[1])) if d_arc else None,
-                 "forward_ms": 1000 * forward_latency(dense, x_latency, args.latency_reps)})
-    print(f"dense: ppl {d_ppl.perplexity:.2f} over {d_ppl.windows} windows"
-          + (f", ARC-Easy {d_arc[0]:.1f}" if d_arc else ""), flush=True)
+    if not args.skip_dense:
+        d_ppl, _, d_arc = score([dense] * len(comp_cals))
+        rows.append({"search": "dense", "compensation": "-", "removed": [], "params": count_parameters(dense).total,
+                     "ppl": d_ppl.perplexity, "windows": d_ppl.windows, "arc": d_arc[0] if d_arc else None,
+                     "arc_ci": ci(mean_ci(d_arc[1])) if d_arc else None,
+                     "forward_ms": 1000 * forward_latency(dense, x_latency, args.latency_reps)})
+        print(f"dense: ppl {d_ppl.perplexity:.2f} over {d_ppl.windows} windows"
+              + (f", ARC-Easy {d_arc[0]:.1f}" if d_arc else ""), flush=True)
     cells = [(s, "none") for s in args.searches.split(",")]
     if given is not None:
         n_blocks = dense.config.num_hidden_layers
@@ -191,24 +225,32 @@ def main(argv: list[str] | None = None) -> int:
         variants = [(c, w) for c in (comps if searched_with == "none" else ["none", searched_with])
                     for w in (["uniform"] if c == "none" else weightings)]
         for comp, weighting in variants:
-            model = copy.deepcopy(dense)
-            t0 = time.perf_counter()
+            models, reports, seconds = [], [], 0.0
             try:
-                rep = compensate_and_remove(model, res.removed, comp_cal, comp, ridge, progress=False,
-                                            token_weights=weighting)
+                # "none" uses no calibration: one model serves every fold
+                for c in (comp_cals if comp != "none" else comp_cals[:1]):
+                    model = copy.deepcopy(dense)
+                    t0 = time.perf_counter()
+                    rep = compensate_and_remove(model, res.removed, c, comp, ridge, progress=False,
+                                                token_weights=weighting)
+                    seconds += time.perf_counter() - t0
+                    models.append(model)
+                    reports.append(rep)
+                seconds /= len(models)  # per model
                 if comp != "none" and len(weightings) > 1:
                     comp = f"{comp} ({weighting})"
             except PrunelabError as exc:  # e.g. linear refused for a run starting at block 0: report, keep going
                 print(f"  {comp:7s} refused: {exc}", flush=True)
                 rows.append({"search": search, "compensation": comp, "removed": res.removed, "error": str(exc)})
                 continue
-            seconds = time.perf_counter() - t0
-            ppl, win, arc = score(model)
+            model = models[0]
+            ppl, win, arc = score(models * (len(comp_cals) // len(models)))
+            del models
             row = {"search": search, "compensation": comp, "removed": res.removed, "search_s": search_s,
                    "params": count_parameters(model).total, "ppl": ppl.perplexity, "windows": ppl.windows,
                    "arc": arc[0] if arc else None, "arc_ci": ci(mean_ci(arc[1])) if arc else None,
                    "seconds": seconds,
-                   "runs": [to_jsonable(r) for r in rep.runs]}
+                   "runs": [to_jsonable(r) for r in reports[0].runs]}
             if comp == "none":
                 base = (ppl, win, arc, row)
             elif base is not None:

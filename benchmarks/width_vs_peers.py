@@ -41,6 +41,12 @@ pruning and repair):
 WikiText-2 windows themselves: run with ``--ppl-windows`` ≤ ``--calib-samples`` it is an in-sample upper bound on
 what a calibration-based method can reach — how far the method class is from a goal — and never a result.
 
+``--calib-source wikitext-crossfit`` is the issue's whole-file protocol with in-format calibration: every cell is
+pruned (and repaired) twice, once on ``--calib-samples`` windows of each half of the test file, and each half is
+scored by the model calibrated on the other half (``--heldout-gap`` windows from the split, no article in both;
+:func:`benchmarks.calibration_sources.crossfit_folds`); the per-window NLLs merge into one whole-file figure.
+ARC-Easy and the latency use the first half's model; the prune and repair times are per model.
+
 ``--quick`` checks the script end to end in about a minute (80 %, maw_hybrid, none/ls on 4 × 96 calibration
 tokens, 1 window, 10 items; numbers meaningless).
 
@@ -74,12 +80,14 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from benchmarks.calibration_sources import HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, held_out_windows  # noqa: E402
+from benchmarks.calibration_sources import (CROSSFIT, HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, crossfit_folds,  # noqa: E402
+                                           crossfit_note, held_out_windows, leading_text)
 import prunelab  # noqa: E402
 from prunelab.data import load_wikitext2_text  # noqa: E402
 from prunelab.data.calibration import calibration_batch  # noqa: E402
 from prunelab.evaluate.efficiency import forward_latency, interleaved_latency  # noqa: E402
-from prunelab.evaluate.perplexity import leading_windows, perplexity  # noqa: E402
+from prunelab.evaluate.perplexity import (leading_windows, merge_perplexity, perplexity,  # noqa: E402
+                                         window_range_perplexity)
 from prunelab.models import adapter_for, count_parameters, flops_per_token  # noqa: E402
 from prunelab.prune.adaptive import LOSS_SCALED_CRITERIA, adapt_prune  # noqa: E402
 from prunelab.prune.width import prune_width  # noqa: E402
@@ -324,10 +332,15 @@ def main() -> None:
                          f"themselves (--calib-seq-len is then 512): an in-sample upper bound on "
                          f"what a calibration-based method can reach, never a result. {HELDOUT}: --calib-samples "
                          f"windows of the same file that are not evaluated (after the evaluated ones and "
-                         f"--heldout-gap more; needs a numeric --ppl-windows): disjoint text, WikiText-2's format")
+                         f"--heldout-gap more; needs a numeric --ppl-windows): disjoint text, WikiText-2's format. "
+                         f"{CROSSFIT}: the whole file, each half scored by a model pruned and repaired on "
+                         f"--calib-samples windows of the other half (--heldout-gap windows from the split; ARC-Easy "
+                         f"and latency use the first half's model; prunelab cells only)")
     ap.add_argument("--heldout-gap", type=int, default=HELDOUT_GAP,
-                    help=f"with --calib-source {HELDOUT}: windows skipped between the evaluated and the calibration "
+                    help=f"with --calib-source {HELDOUT} / {CROSSFIT}: windows skipped between the scored and the calibration "
                          f"windows (≈ 1.5 articles: the file has 62 articles in 590 windows)")
+    ap.add_argument("--text-windows", type=int, default=0,
+                    help="smoke checks only: keep the first N windows of the WikiText-2 test file (0: all of it)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--ppl-windows", default=None,
                     help="WikiText-2 windows of 512 tokens: a number, 'all' (the whole test file) or 'auto' (default: "
@@ -391,6 +404,10 @@ def main() -> None:
     if args.calib_source == HELDOUT and windows_n is None:
         raise SystemExit(f"--calib-source {HELDOUT} needs a numeric --ppl-windows: the whole file leaves no "
                          f"held-out window")
+    if args.calib_source == CROSSFIT and windows_n is not None:
+        raise SystemExit(f"--calib-source {CROSSFIT} scores the whole file: it needs --ppl-windows all")
+    if args.calib_source == CROSSFIT and args.peers == "yes":
+        raise SystemExit(f"--calib-source {CROSSFIT} runs prunelab cells only: not with --peers yes")
     if args.adaptive_mlp_only and args.adaptive_scope not in (None, "both"):
         raise SystemExit(f"--adaptive-mlp-only means --adaptive-scope both, not {args.adaptive_scope}")
     scope = args.adaptive_scope or ("both" if args.adaptive_mlp_only else "heads+mlp")
@@ -400,9 +417,10 @@ def main() -> None:
     ok, missing = peers_available()
     if args.peers == "yes" and not ok:
         raise SystemExit(f"--peers yes: {missing} not installed (see the pip line in the module docstring)")
-    peers = ok and args.peers != "no"
+    peers = ok and args.peers != "no" and args.calib_source != CROSSFIT
     if not peers:
-        console.print(f"peers skipped ({'--peers no' if args.peers == 'no' else missing + ' not installed'}): only "
+        why = "--peers no" if args.peers == "no" else CROSSFIT if args.calib_source == CROSSFIT else f"{missing} not installed"
+        console.print(f"peers skipped ({why}): only "
                       f"prunelab rows; no best-peer table")
         skip |= {"optipfair MAW (static)", "optipfair MAW hybrid (data)", "torch-pruning Taylor", "prunelab maw"}
     if not repairs:
@@ -418,9 +436,23 @@ def main() -> None:
     lm = prunelab.load("smollm2-135m")
     dense, tok = lm.model, lm.tokenizer
     text = load_wikitext2_text()
-    if args.calib_source == HELDOUT:
+    if args.text_windows:
+        text = leading_text(tok, text, args.text_windows)
+    folds = None  # CROSSFIT: two calibrations, each cell pruned once per fold
+    if args.calib_source == CROSSFIT:
         args.calib_seq_len = 512
-        cal, note = held_out_windows(tok, text, windows_n, args.calib_samples, args.heldout_gap)
+        try:
+            folds = crossfit_folds(tok, text, args.calib_samples, args.heldout_gap)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        cal = folds[0].calibration
+        console.print(crossfit_note(folds))
+    elif args.calib_source == HELDOUT:
+        args.calib_seq_len = 512
+        try:
+            cal, note = held_out_windows(tok, text, windows_n, args.calib_samples, args.heldout_gap)
+        except ValueError as exc:  # e.g. an article in both
+            raise SystemExit(str(exc)) from None
         console.print(note)
     elif args.calib_source == ORACLE:
         args.calib_seq_len = 512
@@ -429,7 +461,10 @@ def main() -> None:
                       f"evaluated text itself; every number below is an in-sample upper bound, not a result")
     else:
         cal = calibration_batch(tok, args.calib_samples, args.calib_seq_len, source=args.calib_source, seed=0)
-    loader = [{"input_ids": cal[i : i + args.batch_size]} for i in range(0, cal.shape[0], args.batch_size)]
+    cals = [cal] if folds is None else [f.calibration for f in folds]  # a cell is pruned once per calibration
+
+    def batches(c):
+        return [{"input_ids": c[i : i + args.batch_size]} for i in range(0, c.shape[0], args.batch_size)]
     latency_x = cal[:1, :128].repeat(4, 1)
     dense_rows = gate_rows(dense)
     dense_blocks = block_params(dense)
@@ -438,8 +473,16 @@ def main() -> None:
                   f"items; repairs {', '.join(repairs)} × criteria {', '.join(criteria)}; Adapt-Pruner T={args.steps}, "
                   f"A ∈ {{{args.amplitudes}}}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    def evaluate_row(name, model, seconds, extra="", cpu=0.0, ratio=None):
-        pr = perplexity(model, tok, text, seq_len=512, max_windows=windows_n)
+    def evaluate_row(name, models, seconds, extra="", cpu=0.0, ratio=None):
+        """``models``: one per calibration (cross-fit: fold ``i``'s model scores fold ``i``'s windows); ARC-Easy and
+        the parameter count come from the first."""
+        model = models[0]
+        if folds is None:
+            pr = perplexity(model, tok, text, seq_len=512, max_windows=windows_n)
+        else:
+            if len({count_parameters(m).total for m in models}) != 1:
+                raise SystemExit(f"{name}: the cross-fit models differ in size")
+            pr = merge_perplexity([window_range_perplexity(m, tok, text, *f.scored) for m, f in zip(models, folds)])
         ppl = pr.perplexity
         acc, arc_items = arc_easy(model, tok, arc_limit)
         pc = count_parameters(model)
@@ -452,7 +495,7 @@ def main() -> None:
         return row
 
     # --skip dense: a run that adds cells to an earlier one (the dense numbers do not change between runs)
-    rows = [] if "dense" in skip else [evaluate_row("dense", dense, 0.0)]
+    rows = [] if "dense" in skip else [evaluate_row("dense", [dense] * len(cals), 0.0)]
     dense_row = rows[0] if rows else None
     for ratio in [float(r) for r in args.ratios.split(",")]:
         console.rule(f"MLP sparsity {ratio:.0%}")
@@ -462,19 +505,25 @@ def main() -> None:
         def run(name, fn, extra_fn=None, cell=None):
             if name in skip:
                 return None
-            model = copy.deepcopy(dense)
-            t, c = time.perf_counter(), time.process_time()
-            out = fn(model)
-            seconds, cpu = time.perf_counter() - t, time.process_time() - c
+            models, outs, seconds, cpu = [], [], 0.0, 0.0
+            for c in cals:  # cross-fit: once per fold; the times are per model (the mean over the folds)
+                model = copy.deepcopy(dense)
+                t, p = time.perf_counter(), time.process_time()
+                outs.append(fn(model, c))
+                seconds += (time.perf_counter() - t) / len(cals)
+                cpu += (time.process_time() - p) / len(cals)
+                models.append(model)
+            model, out = models[0], outs[0]
             kept[name] = [kept_indices(o, n) for o, n in zip(dense_rows, gate_rows(model))]
             extra = extra_fn(out) if extra_fn else ""
-            row = evaluate_row(f"{name} @{ratio:.0%}", model, seconds, extra, cpu, ratio)
+            row = evaluate_row(f"{name} @{ratio:.0%}", models, seconds, extra, cpu, ratio)
             if cell is not None:  # a cell of the repair grid: its repair time; latency at the end of the sparsity
                 row["cell"] = cell
-                rep = getattr(out, "repair", None)
-                row["repair_s"] = rep.seconds if rep is not None else 0.0
+                reps = [getattr(o, "repair", None) for o in outs]
+                row["repair_s"] = sum(r.seconds for r in reps if r is not None) / len(reps)
                 cell_models.append((row, model))
             rows.append(row)
+            del models[1:]
             return model
 
         def repair_kw(fix):
@@ -482,28 +531,28 @@ def main() -> None:
             return {"repair": method, "repair_target": target, "token_weights": args.token_weights}
 
         def uniform(crit):
-            def fn(m, f):
-                return prune_width(m, criterion=crit, ratio=ratio, calibration=cal, batch_size=args.batch_size,
+            def fn(m, f, c):
+                return prune_width(m, criterion=crit, ratio=ratio, calibration=c, batch_size=args.batch_size,
                                    progress=False, ridge=ridge, **repair_kw(f))
             return fn
 
         def label(base, fix):
             return base if fix == "none" else f"{base} +{fix}"
 
-        m_maw = run("prunelab maw", lambda m: prune_width(m, criterion="maw", ratio=ratio, progress=False))
-        run("optipfair MAW (static)", lambda m: optipfair_prune(m, ratio),
+        m_maw = run("prunelab maw", lambda m, c: prune_width(m, criterion="maw", ratio=ratio, progress=False))
+        run("optipfair MAW (static)", lambda m, c: optipfair_prune(m, ratio),
             lambda _: f"kept-neuron overlap with prunelab maw {overlap(kept['prunelab maw'], kept['optipfair MAW (static)']):.1%}")
         if "maw_hybrid" in criteria or peers:
             for fix in (repairs if "maw_hybrid" in criteria else ["none"]):
-                run(label("prunelab maw_hybrid", fix), lambda m, f=fix: uniform("maw_hybrid")(m, f), repair_note,
+                run(label("prunelab maw_hybrid", fix), lambda m, c, f=fix: uniform("maw_hybrid")(m, f, c), repair_note,
                     cell=(ratio, "maw_hybrid", fix) if "maw_hybrid" in criteria else None)
-        run("optipfair MAW hybrid (data)", lambda m: optipfair_prune(m, ratio, loader),
+        run("optipfair MAW hybrid (data)", lambda m, c: optipfair_prune(m, ratio, batches(c)),
             lambda _: f"overlap with prunelab maw_hybrid {overlap(kept['prunelab maw_hybrid'], kept['optipfair MAW hybrid (data)']):.1%}")
         if "taylor" in criteria or peers:
             for fix in (repairs if "taylor" in criteria else ["none"]):
-                run(label("prunelab taylor", fix), lambda m, f=fix: uniform("taylor")(m, f), repair_note,
+                run(label("prunelab taylor", fix), lambda m, c, f=fix: uniform("taylor")(m, f, c), repair_note,
                     cell=(ratio, "taylor", fix) if "taylor" in criteria else None)
-        run("torch-pruning Taylor", lambda m: torch_pruning_taylor(m, ratio, cal, args.batch_size),
+        run("torch-pruning Taylor", lambda m, c: torch_pruning_taylor(m, ratio, c, args.batch_size),
             lambda _: f"overlap with prunelab taylor {overlap(kept['prunelab taylor'], kept['torch-pruning Taylor']):.1%}")
         if "adaptive" in criteria or peers:
             # Adapt-Pruner at the same parameter count as the uniform models: same decoder-block sparsity (the
@@ -521,9 +570,9 @@ def main() -> None:
                         name = f"prunelab adaptive {crit} A={amp:g}" + ("" if heads else " (MLP only)")
                         cell_name = f"adaptive {crit} A={amp:g}" + ("" if heads else " MLP-only")
                         for fix in (repairs if "adaptive" in criteria else ["none"]):
-                            run(label(name, fix), lambda m, h=heads, a=amp, c=crit, f=fix: adapt_prune(
-                                    m, ratio=target, amplitude=a, steps=args.steps, calibration=cal,
-                                    batch_size=args.batch_size, prune_heads=h, criterion=c, progress=False,
+                            run(label(name, fix), lambda m, c, h=heads, a=amp, cr=crit, f=fix: adapt_prune(
+                                    m, ratio=target, amplitude=a, steps=args.steps, calibration=c,
+                                    batch_size=args.batch_size, prune_heads=h, criterion=cr, progress=False,
                                     ridge=ridge, **repair_kw(f)),
                                 lambda rep: f"block sparsity {rep.sparsity:.1%} (target {target:.1%}), widths "
                                             f"{min(rep.widths_after)}–{max(rep.widths_after)}, heads "
@@ -532,7 +581,7 @@ def main() -> None:
         if "obs" in criteria:  # Optimal Brain Surgeon chooses inside the ls repair: no unrepaired cell of its own
             for fix in repairs:
                 if REPAIRS.get(split_repair(fix)[0]).ls and split_repair(fix)[1] == "layer":
-                    run(label("prunelab obs", fix), lambda m, f=fix: uniform("obs")(m, f), repair_note,
+                    run(label("prunelab obs", fix), lambda m, c, f=fix: uniform("obs")(m, f, c), repair_note,
                         cell=(ratio, "obs", fix))
         if abs(ratio - 0.4) < 1e-9 and m_maw is not None:
             speedup(dense, m_maw, cal)

@@ -126,3 +126,33 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 512, stride: int | No
                max_windows: int | None = None, batch_size: int = 4) -> PerplexityResult:
     """Perplexity of ``text`` under ``model`` (see module docstring)."""
     return perplexity_of_ids(model, tokenize_text(tokenizer, text), seq_len, stride, max_windows, batch_size)
+
+
+def window_range_perplexity(model, tokenizer, text: str, first: int, stop: int | None, seq_len: int = 512,
+                            batch_size: int = 4) -> PerplexityResult:
+    """Perplexity over evaluation windows ``first … stop − 1`` of ``text`` (``stop=None``: to the end, the final
+    partial window included), non-overlapping windows of ``seq_len``.
+
+    Each window holds and scores exactly the tokens it holds in :func:`perplexity` of the whole text (its
+    ``window_nll`` entries are those windows' entries), so the windows of a text can be scored by different models —
+    cross-fitting: each half scored by a model calibrated on the other — and merged with :func:`merge_perplexity`.
+    """
+    ids = tokenize_text(tokenizer, text)
+    total = len(windows(ids, seq_len))
+    end = total if stop is None else stop
+    if not 0 <= first < end <= total:
+        raise PrunelabError(f"the text has {total} windows of {seq_len} tokens; asked for windows {first}–{end - 1}")
+    part = ids[first * seq_len : None if end == total else end * seq_len]
+    return perplexity_of_ids(model, part, seq_len, batch_size=batch_size)
+
+
+def merge_perplexity(parts: list[PerplexityResult]) -> PerplexityResult:
+    """One result over the windows of ``parts`` in their order: ``exp(Σ NLL / Σ tokens)`` over all of them, so
+    disjoint window ranges scored by :func:`window_range_perplexity` merge into the whole text's figure."""
+    if not parts or len({(p.seq_len, p.stride) for p in parts}) != 1:
+        raise PrunelabError("merge_perplexity needs at least one result, all with the same seq_len and stride")
+    nll = [w for p in parts for w in p.window_nll]
+    tokens = [t for p in parts for t in p.window_tokens]
+    mean = math.fsum(nll) / sum(tokens)
+    return PerplexityResult(perplexity=math.exp(mean), nll_mean=mean, tokens=sum(tokens), windows=len(nll),
+                            seq_len=parts[0].seq_len, stride=parts[0].stride, window_nll=nll, window_tokens=tokens)

@@ -13,7 +13,8 @@ from prunelab.errors import PrunelabError
 from prunelab.evaluate import TASKS, evaluate
 from prunelab.evaluate.generation import generate_greedy
 from prunelab.evaluate.loglik import loglikelihood_reference
-from prunelab.evaluate.perplexity import leading_windows, perplexity_of_ids, tokenize_text, window_batch, windows
+from prunelab.evaluate.perplexity import (leading_windows, merge_perplexity, perplexity, perplexity_of_ids,
+                                         tokenize_text, window_batch, window_range_perplexity, windows)
 from prunelab.evaluate.tasks._common import argmax_first, run_multiple_choice
 from prunelab.evaluate.tasks.generative import arc_gen_prompt, first_word, lambada_match, parse_choice_letter
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -134,6 +135,24 @@ def test_window_batch_is_the_named_evaluated_windows_and_disjoint_from_the_leadi
     for first, n in ((-1, 2), (len(wins) - 1, 2), (0, 0)):
         with pytest.raises(PrunelabError, match="full windows"):
             window_batch(tok, text, first, n, seq_len=16)
+
+
+def test_window_ranges_score_what_the_whole_text_scores_and_merge_to_its_perplexity(llama, tok):
+    text = " ".join(f"word{i} is here." for i in range(120))
+    whole = perplexity(llama, tok, text, seq_len=32)
+    assert whole.window_tokens[-1] < 31  # a final partial window, so the tail range is the tricky one
+    split = whole.windows // 2
+    head = window_range_perplexity(llama, tok, text, 0, split, seq_len=32)
+    tail = window_range_perplexity(llama, tok, text, split, None, seq_len=32)
+    assert (head.windows, tail.windows) == (split, whole.windows - split)
+    merged = merge_perplexity([head, tail])
+    assert merged.window_tokens == whole.window_tokens
+    assert merged.window_nll == pytest.approx(whole.window_nll, rel=1e-5)
+    assert merged.perplexity == pytest.approx(whole.perplexity, rel=1e-5)
+    assert merged.tokens == whole.tokens
+    for first, stop in ((-1, 2), (3, 3), (0, whole.windows + 1)):
+        with pytest.raises(PrunelabError, match="windows"):
+            window_range_perplexity(llama, tok, text, first, stop, seq_len=32)
 
 
 # ------------------------------------------------------------------------------------------------ tasks end to end
