@@ -480,8 +480,10 @@ def main() -> None:
         if folds is None:
             pr = perplexity(model, tok, text, seq_len=512, max_windows=windows_n)
         else:
-            if len({count_parameters(m).total for m in models}) != 1:
-                raise SystemExit(f"{name}: the cross-fit models differ in size")
+            sizes = [count_parameters(m).total for m in models]
+            if len(set(sizes)) != 1:  # the merged perplexity would mix two models of different size
+                raise SystemExit(f"{name}: the cross-fit models differ in size ({', '.join(f'{n:,}' for n in sizes)} "
+                                 f"params): per-layer widths chosen from each fold's calibration do not sum equally")
             pr = merge_perplexity([window_range_perplexity(m, tok, text, *f.scored) for m, f in zip(models, folds)])
         ppl = pr.perplexity
         acc, arc_items = arc_easy(model, tok, arc_limit)
