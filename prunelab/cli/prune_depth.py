@@ -62,8 +62,9 @@ def prune_depth_cmd(
     compensate: str = typer.Option("none", "--compensate", help="Fold a compensation for the removed blocks into the "
                                    "kept weights: none, linear (ReplaceMe map merged into the preceding down_proj), "
                                    "scale (Prune&Comp magnitude rescale), refit (every later block's down_proj re-fitted "
-                                   "toward the dense model's stream)."),
-    ridge: float = typer.Option(None, "--ridge", help="--compensate linear / refit: ridge λ relative to the mean "
+                                   "toward the dense model's stream), refit+attn (refit, and each later block's "
+                                   "o_proj re-fitted toward the dense stream after its attention)."),
+    ridge: float = typer.Option(None, "--ridge", help="--compensate linear / refit / refit+attn: ridge λ relative to the mean "
                                 "Gram diagonal (default: auto, 2 × width / calibration tokens)."),
     compensated_search: bool = typer.Option(False, "--compensated-search", help="Score every search candidate with "
                                             "--compensate applied (one-shot/greedy/beam, perplexity; ~2.5 uncached "
@@ -101,7 +102,7 @@ def prune_depth_cmd(
         from prunelab.prune.depth_repair import COMPENSATED_SEARCHES
 
         if compensate == "none":
-            raise PrunelabError("--compensated-search needs --compensate linear, scale or refit")
+            raise PrunelabError("--compensated-search needs --compensate linear, scale, refit or refit+attn")
         if search not in COMPENSATED_SEARCHES or objective != "perplexity":
             raise PrunelabError(f"--compensated-search supports the perplexity objective with "
                                 f"{', '.join(COMPENSATED_SEARCHES)} searches")

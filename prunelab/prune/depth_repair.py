@@ -44,6 +44,17 @@ all. Blocks before the first run see the dense stream and are left as they are. 
 (``2·I/N`` relative to the mean diagonal by default); weights ``w_t`` as above. Refused for post-norm families
 (Gemma2), as ``linear``. It needs ≥ the MLP width of calibration tokens only with ``ridge=0``.
 
+``refit+attn`` — ``refit``, and before each kept block's ``down_proj`` fit its attention output projection ``o_proj``
+is re-fitted the same way, toward the dense model's attention residual stream of the *same* block: with ``a`` the
+input of ``o_proj`` on the compensated stream ``P`` and ``D_mid`` the dense stream after block ``i``'s attention::
+
+    W_o' = argmin  (1/N) Σ w_t ‖P + W_o' a + b_o − D_mid‖²  +  λ ‖W_o' − W_o‖²_F           (:func:`solve_to_target`)
+
+so the drift is corrected twice per block (after attention and after the MLP; the per-sublayer correction of ZipLM),
+and the ``down_proj`` fit then sees the intermediates of the corrected attention. Blocks up to the first run's anchor
+see the dense stream, where ``W_o`` is already the solution, and are left alone. Cost over ``refit``: one more pass of
+each re-fitted block and one ``H × H`` solve per block (H the ``o_proj`` input width).
+
 Cost: one pass of the dense model and one of the pruned model over the calibration set, plus one ``H × H`` solve per
 run for ``linear``; ``refit`` adds an ``I × I`` float64 Gram matrix and one ``I × I`` Cholesky per kept block after
 the first run (as the width repair: ``N · I²`` multiply-adds), and keeps the anchor's intermediates ``[N, I]`` until
@@ -54,6 +65,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -68,7 +80,9 @@ from prunelab.prune.repair import (DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, REPAIRS
 from prunelab.registry import Registry
 
 COMPENSATIONS: Registry[str] = Registry("depth compensation")
-for _name in ("none", "linear", "scale", "refit"):
+#: the compensations that re-fit kept projections toward the dense stream (module docstring)
+REFITS = ("refit", "refit+attn")
+for _name in ("none", "linear", "scale", "refit", "refit+attn"):
     COMPENSATIONS.register(_name, _name)
 
 
@@ -94,7 +108,8 @@ class CompensationReport:
     runs: list[RunCompensation] = field(default_factory=list)
     #: ``linear``: the fitted ``T`` per anchor block (dense numbering), already merged into its ``down_proj``
     transforms: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-    #: ``refit``: every re-fitted ``down_proj`` (dense numbering; errors relative, token-weighted as fitted)
+    #: ``refit`` / ``refit+attn``: every re-fitted ``down_proj`` (and ``o_proj``) in fitting order (dense numbering;
+    #: errors relative, token-weighted as fitted)
     refits: list[ProjectionRepair] = field(default_factory=list)
 
 
@@ -112,7 +127,7 @@ def removed_runs(removed: Iterable[int]) -> list[tuple[int, int]]:
 def check_family(model: nn.Module, method: str) -> None:
     """The part of :func:`check_compensation` that needs no removed set (run before a search)."""
     COMPENSATIONS.get(method)
-    if method in ("linear", "refit") and has_post_norms(adapter_for(model).layers(model)[0]):
+    if method in ("linear", *REFITS) and has_post_norms(adapter_for(model).layers(model)[0]):
         raise PrunelabError(f"--compensate {method} cannot merge into {adapter_for(model).family}: its MLP output "
                             f"passes post_feedforward_layernorm before the residual add (use --compensate scale)")
 
@@ -137,7 +152,7 @@ def check_compensation(model: nn.Module, removed: Iterable[int], method: str, ri
     if method == "linear" and calibration.numel() < hidden:
         raise PrunelabError(f"--compensate linear needs at least {hidden} calibration tokens (the hidden size), got "
                             f"{calibration.numel()} ({calibration.shape[0]}×{calibration.shape[1]})")
-    if method == "refit" and ridge == 0:
+    if method in REFITS and ridge == 0:
         width = max(adapter_for(model).mlp_width(layer) for layer in adapter_for(model).layers(model))
         if calibration.numel() < width:
             raise PrunelabError(f"--compensate refit with --ridge 0 needs at least {width} calibration tokens (the MLP "
@@ -215,8 +230,21 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
             task = prog.add_task(f"compensate ({method})", total=n)
             for i in range(n):
                 layer = layers[i]
+                # the dense pass first: block i's weights are still the dense ones (every fit below changes block i
+                # or earlier ones only after this pass), and refit+attn needs the dense attention stream of block i
+                attn_out: list[torch.Tensor] = []
+                with _recorded(adapter.module(layer, "o"), attn_out) if method == "refit+attn" else nullcontext():
+                    dense_next = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(dense)]
+                if method == "scale" and scale != 1.0 and i not in drop:
+                    # block i's contributions are already divided by `scale` (folded at an earlier run's end); the
+                    # dense model's are not: D + f(D) = D + scale · (block(D) − D), exactly (f is linear in the
+                    # folded factor, for post-norm families too)
+                    dense_next = [h + scale * (o - h) for h, o in zip(dense, dense_next)]
                 if i not in drop:
-                    if method == "refit" and removed and i >= removed[0] - 1:  # the first anchor on
+                    if method in REFITS and removed and i >= removed[0] - 1:  # the first anchor on
+                        if method == "refit+attn" and i > removed[0]:  # its input is no longer the dense stream
+                            _fit_attention(adapter, layer, pruned, kwargs, i,
+                                           [h + o for h, o in zip(dense, attn_out)], ridge, token_weights, report)
                         pending = _refit_inputs(adapter, layer, pruned, kwargs, i)
                         pruned = None  # until the fit: the block's output depends on its new down_proj
                     elif method == "linear" and i in anchors:
@@ -227,8 +255,8 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
                         pruned = outs
                     else:
                         pruned = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
-                dense = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(dense)]
-                if method == "refit" and pending is not None and (i in run_end or i + 1 not in drop):
+                dense = dense_next
+                if method in REFITS and pending is not None and (i in run_end or i + 1 not in drop):
                     # the dense target of the pending block is ready: after its own index, or after the run it anchors
                     if i in run_end:  # an anchor: record the stream error at the run's end, as linear does
                         a, b = run_end[i]
@@ -242,7 +270,7 @@ def fold_compensation(model: nn.Module, removed: Iterable[int], calibration: tor
                     pending = None
                 if not all(torch.isfinite(h).all() for h in dense + (pruned or [])):
                     raise PrunelabError(f"hidden states after block {i} are not finite (NaN/inf): cannot compensate")
-                if i in run_end and method != "refit":
+                if i in run_end and method not in REFITS:
                     a, b = run_end[i]
                     ref = sum(float(d.double().pow(2).sum()) for d in dense)
                     if method == "linear":
@@ -286,6 +314,27 @@ def _refit_inputs(adapter, layer: nn.Module, pruned: list[torch.Tensor], kwargs:
         outs = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(pruned)]
     base = [o - y + (0 if down.bias is None else down.bias) for o, (_, y) in zip(outs, seen)]
     return {"block": i, "z": [z for z, _ in seen], "base": base, "out": outs}
+
+
+def _fit_attention(adapter, layer: nn.Module, pruned: list[torch.Tensor], kwargs: list[list[dict]], i: int,
+                   dense_mid: list[torch.Tensor], ridge: float | None, token_weights: str,
+                   report: CompensationReport) -> None:
+    """Re-fit block ``i``'s ``o_proj`` so that the compensated stream after its attention matches the dense one
+    (module docstring, ``refit+attn``), in place; the fit is recorded in ``report.refits``."""
+    o = adapter.module(layer, "o")
+    seen: list[torch.Tensor] = []
+    with _recorded(o, seen, keep=lambda args, out: args[0]):
+        for b, h in enumerate(pruned):
+            layer(h, **kwargs[b][i])
+    hidden = pruned[0].shape[-1]
+    acc = TargetAccumulator(o.weight.shape[1], hidden, f"block {i} o_proj", pruned[0].device)
+    for a, h, d in zip(seen, pruned, dense_mid):
+        # o_proj's wanted output, its bias included (the bias stays; solve_to_target regresses y − b): D_mid − P
+        acc.add(a, (d - h).reshape(-1, hidden), stream_weights(d, token_weights))
+    w_new, _, rec = solve_to_target(o.weight, o.bias, acc, REPAIRS.get("ls"), ridge)
+    rec.layer, rec.projection = i, "o"
+    report.refits.append(rec)
+    o.weight.copy_(w_new.to(o.weight.dtype))
 
 
 def _fit_refit(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge: float | None, token_weights: str,

@@ -310,3 +310,94 @@ def test_refit_refusals():
     model = tiny_model("llama", num_hidden_layers=6)
     rep = compensate_and_remove(model, [0, 1], CAL, "refit", progress=False)  # no anchor needed: later blocks fit
     assert rep.runs == [] and [r.layer for r in rep.refits] == [2, 3, 4, 5]
+
+
+def test_scale_of_a_later_run_is_measured_against_the_true_dense_stream():
+    """With two runs, the second α compares the compensated stream with the *dense* model's stream at that point:
+    Σ w‖D‖² / Σ w‖α₁ P‖² with D from the untouched model and P from the folded model (blocks skipped). The dense
+    pass must not go through blocks whose contributions were already divided by α₁."""
+    from prunelab.prune.block_evaluator import blocks_removed
+    from prunelab.prune.depth_repair import fold_compensation
+    from prunelab.prune.repair import stream_weights
+
+    dense = tiny_model("llama", num_hidden_layers=6)
+    model = copy.deepcopy(dense)
+    rep = fold_compensation(model, [1, 3], CAL, "scale", progress=False)
+    a1, a2 = (r.alpha for r in rep.runs)
+    assert abs(a1 - 1) > 1e-3 and abs(a2 - 1) > 1e-3
+    with torch.no_grad():
+        d = dense(CAL, output_hidden_states=True, use_cache=False).hidden_states[4].double()  # after dense block 3
+        with blocks_removed(model, {1, 3}):
+            p = model(CAL, output_hidden_states=True, use_cache=False).hidden_states[2].double()  # after kept block 2
+    w = stream_weights(d, "normalized")
+    want = float((w * d.pow(2).sum(-1)).sum() / (w * (a1 * p).pow(2).sum(-1)).sum()) ** 0.5
+    assert a2 == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("fam, extra", [("llama", {}), ("llama", {"attention_bias": True}), ("qwen2", {}),
+                                        ("mistral", {}), ("phi3", {})])
+def test_refit_attn_refits_o_proj_after_the_first_run_and_reloads(fam, extra, tmp_path):
+    """refit+attn: o_proj re-fitted in every kept block whose input is the compensated stream (after the first
+    run), each fit ≤ its unrefitted error, down_proj re-fitted as in refit; blocks before the first run untouched;
+    the calibration stream error at each run's end ≤ refit's; reloads with plain from_pretrained."""
+    import prunelab
+    from transformers import AutoModelForCausalLM
+
+    dense = tiny_model(fam, num_hidden_layers=6, **extra)
+    removed = [2, 3, 5]
+    plain, both = copy.deepcopy(dense), copy.deepcopy(dense)
+    rep_plain = compensate_and_remove(plain, removed, CAL, "refit", ridge=0.0, progress=False)
+    rep = compensate_and_remove(both, removed, CAL, "refit+attn", ridge=0.0, progress=False)
+    assert [(r.layer, r.projection) for r in rep.refits] == [(1, "down"), (4, "o"), (4, "down")]
+    assert all(r.error_after <= r.error_before + 1e-9 for r in rep.refits)
+    assert rep.refits[1].error_after < rep.refits[1].error_before * 0.99  # the o_proj fit changes something
+    assert rep.runs[0].error_after == pytest.approx(rep_plain.runs[0].error_after, rel=1e-6)  # same anchor fit
+    assert rep.runs[1].error_after <= rep_plain.runs[1].error_after * (1 + 1e-4)
+    o = adapter_for(dense).module
+    for b in (0, 1):
+        assert torch.equal(o(both.model.layers[b], "o").weight, o(dense.model.layers[b], "o").weight)
+    prunelab.save(both, tiny_tokenizer(), tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(X).logits, both(X).logits, atol=1e-5)
+
+
+def test_refit_attn_o_proj_is_least_squares_on_the_compensated_models_own_activations():
+    """The re-fitted o_proj of block 3 (after removed block 2) is the least-squares map from its input on the
+    compensated model's own forward to the dense model's stream after block 3's attention, minus the block input."""
+    from prunelab.prune.block_evaluator import blocks_removed
+    from prunelab.prune.depth_repair import fold_compensation
+
+    dense = tiny_model("llama", num_hidden_layers=6)
+    model = copy.deepcopy(dense)
+    fold_compensation(model, [2], CAL, "refit+attn", ridge=0.0, token_weights="uniform", progress=False)
+    with torch.no_grad():
+        want_mid = {}
+        h = dense.model.layers[3].self_attn.o_proj.register_forward_hook(lambda m, a, o: want_mid.update(o=o))
+        h0 = dense.model.layers[3].register_forward_pre_hook(
+            lambda m, a, kw: want_mid.update(x=kw.get("hidden_states", a[0] if a else None)), with_kwargs=True)
+        dense(CAL, use_cache=False)
+        h.remove()
+        h0.remove()
+        target = want_mid["x"] + want_mid["o"]
+        seen = {}
+        layer = model.model.layers[3]
+        h1 = layer.self_attn.o_proj.register_forward_hook(lambda m, a, o: seen.update(a=a[0]))
+        h2 = layer.register_forward_pre_hook(
+            lambda m, a, kw: seen.update(x=kw.get("hidden_states", a[0] if a else None)), with_kwargs=True)
+        with blocks_removed(model, {2}):
+            model(CAL, use_cache=False)
+        h1.remove()
+        h2.remove()
+    a = seen["a"].reshape(-1, seen["a"].shape[-1]).double()
+    want = (target - seen["x"]).reshape(-1, 32).double()
+    w_ls = torch.linalg.lstsq(a, want).solution.T
+    assert torch.allclose(layer.self_attn.o_proj.weight.double(), w_ls, atol=2e-3)
+
+
+def test_refit_attn_refusals():
+    with pytest.raises(PrunelabError, match="post_feedforward_layernorm"):
+        compensate_and_remove(tiny_model("gemma2", num_hidden_layers=6), [2], CAL, "refit+attn", progress=False)
+    with pytest.raises(PrunelabError, match="at least 48 calibration tokens"):
+        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [2], CAL[:1, :8], "refit+attn", ridge=0,
+                              progress=False)
