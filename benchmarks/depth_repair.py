@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{search}: removed {res.removed} ({res.candidates} candidates, {search_s:.0f}s)", flush=True)
         base = None
         timed: list[tuple[dict, object]] = []  # this search's cells, timed together once all are evaluated
+        compensated: list[tuple[dict, dict, tuple | None]] = []  # (row, per-window NLLs, ARC) of this search's cells
         variants = [(c, w) for c in (comps if searched_with == "none" else ["none", searched_with])
                     for w in (["uniform"] if c == "none" else weightings)]
         for comp, weighting in variants:
@@ -258,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
                 row["goal_met"] = row["ppl_ratio"]["estimate"] <= GOAL
                 if arc and base[2]:
                     row["arc_diff"] = ci(accuracy_difference(base[2][1], arc[1]))
+            if comp != "none":
+                # paired against every earlier compensation of this search (same windows, same items)
+                for other, other_win, other_arc in compensated:
+                    vs = {"ppl_ratio": ci(perplexity_ratio(other_win, win))}
+                    if arc and other_arc:
+                        vs["arc_diff"] = ci(accuracy_difference(other_arc[1], arc[1]))
+                    row.setdefault("vs", {})[other["compensation"]] = vs
+                compensated.append((row, win, arc))
             rows.append(row)
             extra = ""
             if "ppl_ratio" in row:
@@ -269,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 extra += f"; ARC {ad['estimate']:+.1f} pp [{ad['low']:+.1f}, {ad['high']:+.1f}], p={ad['p']:.3g}"
             print(f"  {comp:7s} params {row['params'] / 1e6:.2f}M ppl {ppl.perplexity:9.2f}"
                   + (f" ARC-e {arc[0]:5.1f}" if arc else "") + f"  ({seconds:.1f}s){extra}", flush=True)
+            for other, vs in row.get("vs", {}).items():
+                pr = vs["ppl_ratio"]
+                print(f"    vs {other}: ppl ×{pr['estimate']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}]"
+                      + (f"; ARC {vs['arc_diff']['estimate']:+.1f} pp [{vs['arc_diff']['low']:+.1f}, "
+                         f"{vs['arc_diff']['high']:+.1f}]" if "arc_diff" in vs else ""), flush=True)
             timed.append((row, model))
             del model
         # latency after the evaluations, interleaved across this search's cells: timing each model right after its
