@@ -259,6 +259,8 @@ def parse_windows(text: str, repairs: list[str]) -> int | None:
 
 #: a criterion without an unrepaired cell of its own (obs chooses inside the ls repair) is compared with this one's
 BASELINE_OF = {"obs": "maw_hybrid"}
+#: every other criterion's repaired cell is also paired with this criterion's cell of the same sparsity and repair
+REFERENCE_CRITERION = "maw_hybrid"
 
 
 def repair_table(rows) -> list[dict]:
@@ -293,6 +295,17 @@ def repair_table(rows) -> list[dict]:
             if b.get("forward_ms") and r.get("forward_ms"):
                 rec["latency_vs_none"] = r["forward_ms"] / b["forward_ms"]
         out.append(rec)
+    # criteria against each other after the same repair (same windows and items: paired), e.g. obs + ls vs
+    # maw_hybrid + ls, so a cross-criterion claim has its own CI instead of two CIs against different baselines
+    reference = {(r["cell"][0], r["cell"][2]): r for r in rows
+                 if r.get("cell") is not None and r["cell"][1] == REFERENCE_CRITERION}
+    for rec, r in zip(out, [r for r in rows if r.get("cell") is not None]):
+        ref = reference.get((rec["ratio"], rec["repair"]))
+        if rec["repair"] == "none" or rec["criterion"] == REFERENCE_CRITERION or ref is None:
+            continue
+        rec["ppl_vs_reference"] = perplexity_ratio(windows(ref), windows(r)).as_dict()
+        if r["arc_items"] and ref["arc_items"]:
+            rec["arc_vs_reference"] = accuracy_difference(items(ref), items(r)).as_dict()
     return out
 
 
@@ -316,6 +329,12 @@ def print_repair_table(records, dense_row) -> None:
         print(f"| {r['ratio']:.0%} | {r['criterion']} | {r['repair']} | {r['params'] / 1e6:.2f} | {r['ppl']:.2f} | "
               f"{ci(r.get('ppl_vs_none'), '.3f')} | {arc} | {ci(r.get('arc_vs_none'), '+.1f')} | {r['prune_s']:.1f} | "
               f"{rs} | {lat} |")
+    paired = [r for r in records if "ppl_vs_reference" in r]
+    if paired:
+        print(f"\nPaired against {REFERENCE_CRITERION} with the same repair and sparsity:")
+        for r in paired:
+            arc = f"; ARC {ci(r['arc_vs_reference'], '+.1f')} pp" if "arc_vs_reference" in r else ""
+            print(f"- {r['ratio']:.0%} {r['criterion']} + {r['repair']}: ppl ×{ci(r['ppl_vs_reference'], '.3f')}{arc}")
 
 
 def main() -> None:
