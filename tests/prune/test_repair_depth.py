@@ -301,15 +301,17 @@ def test_refit_equals_least_squares_on_the_compensated_models_own_activations():
             assert torch.allclose(layer.mlp.down_proj.weight.double(), w_ls, atol=2e-3), block
 
 
-def test_refit_refusals():
+@pytest.mark.parametrize("method", ["refit", "refit+attn"])
+def test_refit_refusals(method):
     with pytest.raises(PrunelabError, match="post_feedforward_layernorm"):
-        compensate_and_remove(tiny_model("gemma2", num_hidden_layers=6), [2], CAL, "refit", progress=False)
+        compensate_and_remove(tiny_model("gemma2", num_hidden_layers=6), [2], CAL, method, progress=False)
     with pytest.raises(PrunelabError, match="at least 48 calibration tokens"):
-        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [2], CAL[:1, :8], "refit", ridge=0,
+        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [2], CAL[:1, :8], method, ridge=0,
                               progress=False)
     model = tiny_model("llama", num_hidden_layers=6)
-    rep = compensate_and_remove(model, [0, 1], CAL, "refit", progress=False)  # no anchor needed: later blocks fit
-    assert rep.runs == [] and [r.layer for r in rep.refits] == [2, 3, 4, 5]
+    rep = compensate_and_remove(model, [0, 1], CAL, method, progress=False)  # no anchor needed: later blocks fit
+    assert rep.runs == [] and sorted({r.layer for r in rep.refits}) == [2, 3, 4, 5]
+    assert {r.projection for r in rep.refits} == ({"down"} if method == "refit" else {"down", "o"})
 
 
 def test_scale_of_a_later_run_is_measured_against_the_true_dense_stream():
@@ -394,10 +396,3 @@ def test_refit_attn_o_proj_is_least_squares_on_the_compensated_models_own_activa
     w_ls = torch.linalg.lstsq(a, want).solution.T
     assert torch.allclose(layer.self_attn.o_proj.weight.double(), w_ls, atol=2e-3)
 
-
-def test_refit_attn_refusals():
-    with pytest.raises(PrunelabError, match="post_feedforward_layernorm"):
-        compensate_and_remove(tiny_model("gemma2", num_hidden_layers=6), [2], CAL, "refit+attn", progress=False)
-    with pytest.raises(PrunelabError, match="at least 48 calibration tokens"):
-        compensate_and_remove(tiny_model("llama", num_hidden_layers=6), [2], CAL[:1, :8], "refit+attn", ridge=0,
-                              progress=False)
