@@ -16,6 +16,14 @@ query heads; only the current layout with ``prune_heads=False``) the best heads 
 neurons, and the layout removing the least total score wins. A layer already at or below its target is left
 alone (pruning never regrows). With ``A = 0`` every layer gets the same target, i.e. uniform pruning.
 
+Exact budget (MLP only, ``prune_heads=False``): rounding each layer down on its own makes the total depend on the
+fractional parts of the per-layer targets, so two calibration sets give models of different size even at the same
+ratio. In the last step the per-layer neuron counts are therefore apportioned to a fixed total — the sum of the
+counts the *uniform* target ``S`` would give each layer (rounded down per layer, so with ``A = 0`` nothing changes)
+— by largest remainder (Hamilton's method): each layer gets ``⌊k_i⌋``, and the difference to the total is given to
+(or taken from) the layers with the largest (smallest) fractional parts, never above a layer's current width. The
+total no longer depends on the calibration; a layer may end up to one neuron above its own target.
+
 ``criterion`` swaps the within-layer score of step 4 for any data-driven criterion of
 :data:`prunelab.prune.criteria.CRITERIA` (e.g. ``maw_hybrid``); only Taylor scores are in loss units, so heads can
 be traded against neurons only with ``taylor`` (others need ``prune_heads=False``).
@@ -105,6 +113,27 @@ def layer_targets(importance: list[float], s_cur: float, amplitude: float) -> li
     return [min(max(s_cur - amplitude * i, 0.0), MAX_LAYER_SPARSITY) for i in importance]
 
 
+def apportion(real: list[float], total: int, caps: list[int], low: int = 0) -> list[int]:
+    """Integers ``low ≤ k_i ≤ caps[i]`` summing to ``total`` (when feasible), each ``⌊real_i⌋`` or one off it unless
+    a bound moves it: largest-remainder apportionment (module docstring, "Exact budget"); ties go to the lower
+    index."""
+    k = [min(max(int(r // 1), low), c) for r, c in zip(real, caps)]
+    order = sorted(range(len(real)), key=lambda i: (-(real[i] - real[i] // 1), i))  # largest remainder first
+    while sum(k) < total and any(k[i] < caps[i] for i in order):
+        for i in order:
+            if sum(k) >= total:
+                break
+            if k[i] < caps[i]:
+                k[i] += 1
+    while sum(k) > total and any(k[i] > low for i in order):
+        for i in reversed(order):  # smallest remainder first
+            if sum(k) <= total:
+                break
+            if k[i] > low:
+                k[i] -= 1
+    return k
+
+
 def _block_params(layer: nn.Module) -> int:
     return sum(p.numel() for p in layer.parameters())
 
@@ -165,6 +194,20 @@ def prune_layer_to(model: nn.Module, idx: int, scores: LayerScores, target_param
         kept_heads = list(heads)
         prune_attention_heads(model, idx, heads)
     return kept_neurons, kept_heads
+
+
+def _exact_mlp_budgets(model: nn.Module, orig: list[int], targets: list[float], ratio: float) -> list[float]:
+    """Per-layer parameter budgets of the last MLP-only step whose neuron counts sum to the calibration-independent
+    total (module docstring, "Exact budget")."""
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    widths = [adapter.mlp_width(layer) for layer in layers]
+    costs = [group_costs(model, layer)[0] for layer in layers]
+    fixed = [_block_params(layer) - w * c for layer, w, c in zip(layers, widths, costs)]
+    real = [((1.0 - s) * o - f) / c for s, o, f, c in zip(targets, orig, fixed, costs)]
+    total = sum(max(int(((1.0 - ratio) * o - f) // c), 1) for o, f, c in zip(orig, fixed, costs))
+    kept = apportion(real, total, widths, low=1)  # prune_layer_to keeps ≥ 1 neuron per layer
+    return [f + k * c for f, k, c in zip(fixed, kept, costs)]
 
 
 def adapt_prune(
@@ -237,8 +280,12 @@ def adapt_prune(
             targets = layer_targets(importance, ratio * t / steps, amplitude)
             scores = score(model, stats, seed, prune_heads)
             del stats
-            for i, s_i in enumerate(targets):
-                local_n, local_h = prune_layer_to(model, i, scores[i], (1.0 - s_i) * orig[i], prune_heads)
+            budgets = [(1.0 - s_i) * orig[i] for i, s_i in enumerate(targets)]
+            if t == steps and not prune_heads:
+                # the uniform target computed exactly as the loop's (ratio·t/T), so A = 0 rounds identically
+                budgets = _exact_mlp_budgets(model, orig, targets, ratio * t / steps)
+            for i, budget in enumerate(budgets):
+                local_n, local_h = prune_layer_to(model, i, scores[i], budget, prune_heads)
                 if local_n is not None:
                     kept_n[i] = [kept_n[i][j] for j in local_n]
                 if local_h is not None:

@@ -11,6 +11,7 @@ from prunelab.models import adapter_for, layer_shapes
 from prunelab.prune.adaptive import (
     adapt_prune,
     amplitude_ablation,
+    apportion,
     layer_targets,
     normalise_importance,
     plot_sparsity_profile,
@@ -135,3 +136,32 @@ def test_ablation_selects_amplitude_on_heldout_text():
 def test_bad_inputs(kwargs, message):
     with pytest.raises(PrunelabError, match=message):
         adapt_prune(tiny_model("llama"), calibration=CAL, progress=False, **kwargs)
+
+
+def test_apportion_hits_the_total_by_largest_remainder():
+    assert apportion([2.7, 3.2, 4.5], 10, [9, 9, 9]) == [3, 3, 4]  # floors 2,3,4 (9): +1 to the largest remainder
+    assert apportion([2.7, 3.2, 4.5], 8, [9, 9, 9]) == [2, 2, 4]  # floors 9: −1 from the smallest remainder (0.2)
+    assert apportion([3.0, 3.0, 3.0], 9, [9, 9, 9]) == [3, 3, 3]
+    assert apportion([2.9, 2.9], 7, [3, 9]) == [3, 4]  # a capped layer passes the rest on
+    assert apportion([0.2, 0.4, 5.0], 3, [9, 9, 9], low=1) == [1, 1, 1]  # the floor of 1 holds; the rest gives way
+    for real in ([5.5, 1.25, 7.75, 0.5], [10.0, 0.1, 0.9, 3.3]):
+        got = apportion(real, 12, [20] * 4)
+        assert sum(got) == 12 and all(abs(g - r) < 2 for g, r in zip(got, real))
+
+
+def test_mlp_only_size_does_not_depend_on_the_calibration():
+    """MLP only, A > 0: two calibration sets give different per-layer widths but the same total (the uniform
+    model's), so cross-fitted models of one cell have equal size; with A = 0 the widths stay uniform."""
+    other = torch.randint(3, 120, (4, 16), generator=torch.Generator().manual_seed(7))
+    sizes, widths = [], []
+    for cal in (CAL, other):
+        model = tiny_model("llama", num_hidden_layers=6)
+        rep = adapt_prune(model, ratio=0.37, amplitude=0.3, steps=2, calibration=cal, prune_heads=False,
+                          progress=False)
+        sizes.append(rep.params_after)
+        widths.append(rep.widths_after)
+    assert widths[0] != widths[1] and len(set(widths[0])) > 1  # the allocation really depends on the data
+    assert sizes[0] == sizes[1] and sum(widths[0]) == sum(widths[1])
+    uni = tiny_model("llama", num_hidden_layers=6)
+    rep0 = adapt_prune(uni, ratio=0.37, amplitude=0.0, steps=2, calibration=CAL, prune_heads=False, progress=False)
+    assert len(set(rep0.widths_after)) == 1 and sum(rep0.widths_after) == sum(widths[0])
