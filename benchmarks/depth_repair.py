@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     def ci(d) -> dict:
         return {"estimate": d.estimate, "low": d.low, "high": d.high, "p": getattr(d, "p", None)}
 
+    def span(d, fmt):
+        return "" if d is None else f"{d['estimate']:{fmt}} [{d['low']:{fmt}}, {d['high']:{fmt}}]"
+
     rows = []
     if not args.skip_dense:
         d_ppl, _, d_arc = score([dense] * len(comp_cals))
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = ""
             if "ppl_ratio" in row:
                 pr = row["ppl_ratio"]
-                extra = (f"  ppl compensated/uncompensated ×{pr['estimate']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}]"
+                extra = (f"  ppl compensated/uncompensated ×{span(pr, '.3f')}"
                          f" (goal ≤ {GOAL}: " + ("met, CI below" if row["goal_met"] else "not shown, CI across it"
                                                if row["goal_estimate_met"] else "not met") + ")")
             if "arc_diff" in row:
@@ -283,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {comp:7s} params {row['params'] / 1e6:.2f}M ppl {ppl.perplexity:9.2f}"
                   + (f" ARC-e {arc[0]:5.1f}" if arc else "") + f"  ({seconds:.1f}s){extra}", flush=True)
             for other, vs in row.get("vs", {}).items():
-                pr = vs["ppl_ratio"]
-                print(f"    vs {other}: ppl ×{pr['estimate']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}]"
+                print(f"    vs {other}: ppl ×{span(vs['ppl_ratio'], '.3f')}"
                       + (f"; ARC {vs['arc_diff']['estimate']:+.1f} pp [{vs['arc_diff']['low']:+.1f}, "
                          f"{vs['arc_diff']['high']:+.1f}]" if "arc_diff" in vs else ""), flush=True)
             timed.append((row, model))
@@ -299,9 +301,6 @@ def main(argv: list[str] | None = None) -> int:
         print("  forward ms (interleaved): " + ", ".join(f"{r['compensation']} {r['forward_ms']:.1f}"
                                                           for r, _ in timed), flush=True)
         timed.clear()
-
-    def span(d, fmt):
-        return "" if d is None else f"{d['estimate']:{fmt}} [{d['low']:{fmt}}, {d['high']:{fmt}}]"
 
     print("\n| search | compensation | params (M) | WikiText-2 ppl | compensated / uncompensated ppl [95% CI] | "
           "ARC-Easy % [95% CI] | Δ ARC pp vs none [95% CI] | compensation s | forward ms (× vs none) |\n"

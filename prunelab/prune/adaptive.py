@@ -119,18 +119,13 @@ def apportion(real: list[float], total: int, caps: list[int], low: int = 0) -> l
     index."""
     k = [min(max(int(r // 1), low), c) for r, c in zip(real, caps)]
     order = sorted(range(len(real)), key=lambda i: (-(real[i] - real[i] // 1), i))  # largest remainder first
-    while sum(k) < total and any(k[i] < caps[i] for i in order):
-        for i in order:
-            if sum(k) >= total:
-                break
-            if k[i] < caps[i]:
-                k[i] += 1
-    while sum(k) > total and any(k[i] > low for i in order):
-        for i in reversed(order):  # smallest remainder first
-            if sum(k) <= total:
-                break
-            if k[i] > low:
-                k[i] -= 1
+    while (short := total - sum(k)) != 0:
+        # one step toward the total for each of the first |short| layers that can still move that way
+        movable = ([i for i in order if k[i] < caps[i]] if short > 0 else [i for i in reversed(order) if k[i] > low])
+        if not movable:
+            break
+        for i in movable[:abs(short)]:
+            k[i] += 1 if short > 0 else -1
     return k
 
 
@@ -280,10 +275,10 @@ def adapt_prune(
             targets = layer_targets(importance, ratio * t / steps, amplitude)
             scores = score(model, stats, seed, prune_heads)
             del stats
-            budgets = [(1.0 - s_i) * orig[i] for i, s_i in enumerate(targets)]
-            if t == steps and not prune_heads:
-                # the uniform target computed exactly as the loop's (ratio·t/T), so A = 0 rounds identically
-                budgets = _exact_mlp_budgets(model, orig, targets, ratio * t / steps)
+            # the last MLP-only step: the uniform target computed exactly as the loop's (ratio·t/T), so A = 0 rounds
+            # identically
+            budgets = (_exact_mlp_budgets(model, orig, targets, ratio * t / steps) if t == steps and not prune_heads
+                       else [(1.0 - s_i) * o for s_i, o in zip(targets, orig)])
             for i, budget in enumerate(budgets):
                 local_n, local_h = prune_layer_to(model, i, scores[i], budget, prune_heads)
                 if local_n is not None:

@@ -82,7 +82,7 @@ from prunelab.registry import Registry
 COMPENSATIONS: Registry[str] = Registry("depth compensation")
 #: the compensations that re-fit kept projections toward the dense stream (module docstring)
 REFITS = ("refit", "refit+attn")
-for _name in ("none", "linear", "scale", "refit", "refit+attn"):
+for _name in ("none", "linear", "scale", *REFITS):
     COMPENSATIONS.register(_name, _name)
 
 
@@ -155,7 +155,7 @@ def check_compensation(model: nn.Module, removed: Iterable[int], method: str, ri
     if method in REFITS and ridge == 0:
         width = max(adapter_for(model).mlp_width(layer) for layer in adapter_for(model).layers(model))
         if calibration.numel() < width:
-            raise PrunelabError(f"--compensate refit with --ridge 0 needs at least {width} calibration tokens (the MLP "
+            raise PrunelabError(f"--compensate {method} with --ridge 0 needs at least {width} calibration tokens (the MLP "
                                 f"width), got {calibration.numel()}: use the default ridge or more tokens")
     return method
 
@@ -326,15 +326,26 @@ def _fit_attention(adapter, layer: nn.Module, pruned: list[torch.Tensor], kwargs
     with _recorded(o, seen, keep=lambda args, out: args[0]):
         for b, h in enumerate(pruned):
             layer(h, **kwargs[b][i])
-    hidden = pruned[0].shape[-1]
-    acc = TargetAccumulator(o.weight.shape[1], hidden, f"block {i} o_proj", pruned[0].device)
-    for a, h, d in zip(seen, pruned, dense_mid):
-        # o_proj's wanted output, its bias included (the bias stays; solve_to_target regresses y − b): D_mid − P
-        acc.add(a, (d - h).reshape(-1, hidden), stream_weights(d, token_weights))
-    w_new, _, rec = solve_to_target(o.weight, o.bias, acc, REPAIRS.get("ls"), ridge)
-    rec.layer, rec.projection = i, "o"
+    # o_proj's wanted output, its bias included: D_mid − P
+    _fit_projection(o, seen, [d - h for h, d in zip(pruned, dense_mid)], dense_mid, i, "o", ridge, token_weights,
+                    report)
+
+
+def _fit_projection(lin: nn.Linear, inputs: list[torch.Tensor], wanted: list[torch.Tensor],
+                    streams: list[torch.Tensor], i: int, name: str, ridge: float | None, token_weights: str,
+                    report: CompensationReport) -> None:
+    """Ridge least-squares re-fit of ``lin`` (block ``i``'s ``name`` projection) in place so that its output on
+    ``inputs`` matches ``wanted`` (bias included; the bias stays, :func:`solve_to_target` regresses ``y − b``), each
+    token weighted by :func:`stream_weights` of the dense stream it lands in; the fit is recorded in
+    ``report.refits``."""
+    out = wanted[0].shape[-1]
+    acc = TargetAccumulator(lin.weight.shape[1], out, f"block {i} {name}_proj", wanted[0].device)
+    for z, y, d in zip(inputs, wanted, streams):
+        acc.add(z, y.reshape(-1, out), stream_weights(d, token_weights))
+    w_new, _, rec = solve_to_target(lin.weight, lin.bias, acc, REPAIRS.get("ls"), ridge)
+    rec.layer, rec.projection = i, name
     report.refits.append(rec)
-    o.weight.copy_(w_new.to(o.weight.dtype))
+    lin.weight.copy_(w_new.to(lin.weight.dtype))
 
 
 def _fit_refit(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge: float | None, token_weights: str,
@@ -343,16 +354,10 @@ def _fit_refit(adapter, layers, pending: dict, dense: list[torch.Tensor], ridge:
     ``report.refits`` and return the pruned stream leaving the block with the new weights."""
     i = pending["block"]
     down = adapter.module(layers[i], "down")
-    hidden = dense[0].shape[-1]
-    acc = TargetAccumulator(down.weight.shape[1], hidden, f"block {i} down_proj", dense[0].device)
     bias = 0 if down.bias is None else down.bias.detach()
-    for z, base, d in zip(pending["z"], pending["base"], dense):
-        # the projection's wanted output, its bias included: D − h_mid (= D − base + b); the bias itself stays
-        acc.add(z, (d - base + bias).reshape(-1, hidden), stream_weights(d, token_weights))
-    w_new, _, rec = solve_to_target(down.weight, down.bias, acc, REPAIRS.get("ls"), ridge)
-    rec.layer, rec.projection = i, "down"
-    report.refits.append(rec)
-    down.weight.copy_(w_new.to(down.weight.dtype))
+    # the projection's wanted output, its bias included: D − h_mid (= D − base + b)
+    _fit_projection(down, pending["z"], [d - base + bias for base, d in zip(pending["base"], dense)], dense, i,
+                    "down", ridge, token_weights, report)
     return [base + z @ down.weight.T for z, base in zip(pending["z"], pending["base"])]
 
 
