@@ -156,7 +156,8 @@ def _hf_rows(hf: HFDataset, dataset: str) -> tuple[list[dict], DataSource]:
         name = hf.path + (f"/{hf.config}" if hf.config else "")
         raise PrunelabError(
             f"no local copy of {name} ({hf.split}) under {looked}, and the HF "
-            f"datasets fallback failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"datasets fallback failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+            "(offline? set PRUNELAB_DATA or --data-dir to the folder holding the datasets)"
         ) from None
     return rows, DataSource(dataset, "hf", hf.path, hf.config, hf.split, revision)
 

@@ -104,6 +104,21 @@ def test_no_location_named_falls_back_to_hf_and_names_the_revision(tmp_path, mon
     assert str(used[0]) == "hf:allenai/ai2_arc/ARC-Easy:test@0123abcd"
 
 
+def test_failed_fallback_is_one_line_that_names_the_data_location_settings(tmp_path, monkeypatch):
+    """A clone with no shared/data beside it, offline: the error says how to point prunelab at the data."""
+    monkeypatch.setattr(paths, "candidate_roots", lambda: [tmp_path / "nothing-here"])
+    monkeypatch.setattr(loaders, "candidate_roots", lambda: [tmp_path / "nothing-here"])
+
+    def offline(hf):
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError)\nmore detail")
+    monkeypatch.setattr(loaders, "_hf_dataset", offline)
+    with pytest.raises(PrunelabError) as err:
+        load_arc("easy", "test")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "nothing-here") in msg and "Couldn't reach" in msg
+    assert "set PRUNELAB_DATA or --data-dir" in msg
+
+
 def test_fallback_rows_are_converted(tmp_path, monkeypatch, fake_hub):
     """The HF rows go through their converters (WinoGrande used to lack context_options: KeyError)."""
     monkeypatch.setattr(paths, "candidate_roots", lambda: [tmp_path / "nothing-here"])
