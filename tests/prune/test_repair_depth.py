@@ -364,6 +364,22 @@ def test_refit_attn_refits_o_proj_after_the_first_run_and_reloads(fam, extra, tm
         assert torch.allclose(loaded(X).logits, both(X).logits, atol=1e-5)
 
 
+def test_refit_attn_runs_no_more_mlp_passes_than_refit():
+    """The o_proj fit's inputs come from a forward stopped before o_proj: the MLP is never run for nothing."""
+    calls = {}
+    for method in ("refit", "refit+attn"):
+        model = tiny_model("llama", num_hidden_layers=6)
+        count = [0]
+        hooks = [layer.mlp.register_forward_hook(lambda m, a, o: count.__setitem__(0, count[0] + 1))
+                 for layer in model.model.layers]
+        rep = compensate_and_remove(model, [2], CAL, method, progress=False)
+        for h in hooks:
+            h.remove()
+        calls[method] = count[0]
+        assert rep.refits
+    assert calls["refit+attn"] == calls["refit"]
+
+
 def test_refit_attn_o_proj_is_least_squares_on_the_compensated_models_own_activations():
     """The re-fitted o_proj of block 3 (after removed block 2) is the least-squares map from its input on the
     compensated model's own forward to the dense model's stream after block 3's attention, minus the block input."""
