@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prunelab.evaluate.efficiency import forward_latency  # noqa: E402
 
 
+from benchmarks.ci_format import span  # noqa: E402
 from benchmarks.calibration_sources import (CROSSFIT, HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, crossfit_folds,  # noqa: E402
                                            crossfit_note, held_out_windows, leading_text)
 
@@ -189,9 +190,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def ci(d) -> dict:
         return {"estimate": d.estimate, "low": d.low, "high": d.high, "p": getattr(d, "p", None)}
-
-    def span(d, fmt):
-        return "" if d is None else f"{d['estimate']:{fmt}} [{d['low']:{fmt}}, {d['high']:{fmt}}]"
 
     rows = []
     if not args.skip_dense:

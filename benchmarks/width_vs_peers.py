@@ -80,6 +80,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
+from benchmarks.ci_format import span  # noqa: E402
 from benchmarks.calibration_sources import (CROSSFIT, HELDOUT, HELDOUT_GAP, ORACLE, SOURCES, crossfit_folds,  # noqa: E402
                                            crossfit_note, held_out_windows, leading_text)
 import prunelab  # noqa: E402
@@ -311,8 +312,7 @@ def repair_table(rows) -> list[dict]:
 
 def print_repair_table(records, dense_row) -> None:
     def ci(d, fmt):  # "*": p < 0.05 (or the CI excludes the null), prunelab.stats.Difference.significant
-        return "" if d is None else f"{d['estimate']:{fmt}} [{d['low']:{fmt}}, {d['high']:{fmt}}]" + (
-            "*" if d.get("significant") else "")
+        return span(d, fmt, star=True)
 
     print("\n### Repair without retraining (issue 19): each criterion × repair vs the same cell without repair\n")
     if dense_row is not None:
