@@ -63,7 +63,8 @@ def prune_width_cmd(
                                 "(default: auto, 2 × kept width / calibration tokens)."),
     repair_target: str = typer.Option("layer", "--repair-target", help="--repair: what the re-fitted projections "
                                       "reproduce — layer (each dense layer on the repaired input) or model (the dense "
-                                      "model's hidden states, also correcting earlier layers' drift)."),
+                                      "model's hidden states, also correcting earlier layers' drift) or layer+attn (layer, and "
+                                      "every o_proj after the first pruned layer re-fitted toward the dense stream)."),
     token_weights: str = typer.Option("normalized", "--token-weights", help="--repair ls: weight of each calibration "
                                       "token in the fit — normalized (1/‖stream‖², as the next RMSNorm sees errors; "
                                       "default) or uniform."),

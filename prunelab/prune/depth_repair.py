@@ -75,8 +75,8 @@ from prunelab.errors import PrunelabError
 from prunelab.models.adapters import adapter_for
 from prunelab.models.surgery import remove_layers
 from prunelab.prune.repair import (DEFAULT_RIDGE, DEFAULT_TOKEN_WEIGHTS, REPAIRS, TOKEN_WEIGHTS, ProjectionRepair,
-                                   TargetAccumulator, _out, _recorded, capture_layer_inputs, effective_ridge,
-                                   has_post_norms, solve_to_target, stream_weights)
+                                   TargetAccumulator, _input_of, _out, _recorded, capture_layer_inputs,
+                                   effective_ridge, has_post_norms, solve_to_target, stream_weights)
 from prunelab.registry import Registry
 
 COMPENSATIONS: Registry[str] = Registry("depth compensation")
@@ -326,32 +326,6 @@ def _fit_attention(adapter, layer: nn.Module, pruned: list[torch.Tensor], kwargs
     # o_proj's wanted output, its bias included: D_mid − P
     _fit_projection(o, seen, [d - h for h, d in zip(pruned, dense_mid)], dense_mid, i, "o", ridge, token_weights,
                     report)
-
-
-class _Reached(Exception):
-    """Raised by :func:`_input_of`'s hook to stop a block's forward once the wanted input has been seen."""
-
-
-def _input_of(layer: nn.Module, module: nn.Module, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """The first positional input of ``module`` (a submodule of ``layer``) when ``layer`` runs on ``h``; the forward
-    stops right there, so the rest of the block (for ``o_proj``: the projection itself and the MLP, ¾ of a Llama
-    block's matmul work) is not computed for nothing."""
-    seen: list[torch.Tensor] = []
-
-    def stop(mod, args):
-        seen.append(args[0])
-        raise _Reached
-
-    handle = module.register_forward_pre_hook(stop)
-    try:
-        layer(h, **kwargs)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError(f"{type(module).__name__} was not called by the block's forward")
-    return seen[0]
 
 
 def _fit_projection(lin: nn.Linear, inputs: list[torch.Tensor], wanted: list[torch.Tensor],

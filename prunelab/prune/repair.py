@@ -61,6 +61,13 @@ Two targets (:data:`REPAIR_TARGETS`, ``target=``):
   calibration hidden states) and a projection output added to the stream unnormalised, so families with post-norms
   (Gemma2) are refused for it. Measured on SmolLM2-135M (40 % maw_hybrid MLP, 64 × 256 LAMBADA calibration tokens,
   the whole WikiText-2 test file): none 123.3, ``ls`` layer 89.5, ``ls`` model 87.4 (×0.976 of the layer target's).
+* ``layer+attn`` — the pruned projections as ``layer``, and in every layer whose input has drifted from the dense
+  model's stream (every layer after the first pruned one) the attention's ``o_proj`` — all its columns, pruned or
+  not — re-fitted toward the dense model's stream after the attention, as the ``model`` target does for ``o_proj``:
+  ``W' = (M_YK + λ W)(M_KK + λ I)⁻¹`` with ``y = D_mid − h`` (``h`` the repaired stream entering the layer, ``D_mid``
+  the dense stream after the layer's attention). The full-width, unpruned ``o_proj`` absorbs the drift the pruned
+  MLPs before it left, while each pruned ``down_proj`` keeps the layer target's own-error fit (the depth analogue is
+  :mod:`prunelab.prune.depth_repair`'s ``refit+attn``). Same family restriction and extra dense pass as ``model``.
 
 Token weighting (:data:`TOKEN_WEIGHTS`, ``token_weights=``; default ``normalized``). Every moment above is a mean
 over tokens; ``normalized`` makes it a weighted mean with ``w_t ∝ 1/‖h_t‖²``, ``h_t`` the residual stream the
@@ -159,7 +166,7 @@ class RepairMethod:
 
 #: what a re-fitted projection should reproduce (module docstring): the dense layer, or the dense model's stream
 REPAIR_TARGETS: Registry[str] = Registry("repair target")
-for _t in ("layer", "model"):
+for _t in ("layer", "model", "layer+attn"):
     REPAIR_TARGETS.register(_t, _t)
 
 REPAIRS: Registry[RepairMethod] = Registry("repair method")
@@ -252,9 +259,9 @@ def check_repair(model: nn.Module, method: str, ridge: float | None, calibration
     REPAIR_TARGETS.get(target)
     if not m.active:
         return m
-    if target == "model":
+    if target in ("model", "layer+attn"):
         if has_post_norms(adapter_for(model).layers(model)[0]):
-            raise PrunelabError(f"--repair-target model cannot re-fit {adapter_for(model).family}: its projections' "
+            raise PrunelabError(f"--repair-target {target} cannot re-fit {adapter_for(model).family}: its projections' "
                                 f"outputs pass a post-norm before the residual add (use --repair-target layer)")
     if ridge is not None and (not isinstance(ridge, (int, float)) or isinstance(ridge, bool) or not ridge >= 0
                               or ridge == float("inf")):
@@ -704,8 +711,9 @@ def repair_width(
         enable_biases(model, mlp=any(p.neurons is not None for p in plans), attention=any(p.heads is not None for p in plans))
     states, kwargs = capture_layer_inputs(model, calibration, batch_size)
     device = states[0].device
-    # the dense model's stream (``model`` target); block 0's input is the same embedding for both models
-    dense_states = [h.clone() for h in states] if target == "model" and m.active else None
+    # the dense model's stream (``model`` / ``layer+attn`` targets); block 0's input is the same embedding for both
+    dense_states = [h.clone() for h in states] if target != "layer" and m.active else None
+    own = target != "model"  # the pruned projections re-fit to the dense layer (the ``layer`` target's fit)
     report = RepairReport(method=method, ridge=None if ridge is None else float(ridge), tokens=int(calibration.numel()), seconds=0.0,
                           target=target)
     mlp_path = adapter.proj_names["down"].rsplit(".", 1)[0]
@@ -721,9 +729,13 @@ def repair_width(
                 attention_out: list = []
                 dense = prepare(i)
                 layer = adapter.layers(model)[i]
-                if dense_states is not None:
-                    dense_states = _repair_to_model(adapter, dense, layer, states, dense_states, kwargs, i, plan, m,
-                                                    ridge, report, token_weights)
+                dense_next = None
+                if target == "model" and m.active:
+                    dense_next = _repair_to_model(adapter, dense, layer, states, dense_states, kwargs, i, plan, m,
+                                                  ridge, report, token_weights)
+                elif target == "layer+attn" and m.active:
+                    dense_next = _refit_attention_to_model(adapter, dense, layer, states, dense_states, kwargs, i,
+                                                           plan, m, ridge, report, token_weights)
                 elif m.active and (plan.heads is not None or plan.select_heads is not None):
                     lay = adapter.head_layout(dense)
                     acc = GramAccumulator(lay.num_heads * lay.head_dim, f"layer {i} o_proj", device)
@@ -743,7 +755,7 @@ def repair_width(
                         layer = adapter.layers(model)[i]
                     _apply(adapter.module(dense, "o"), adapter.module(layer, "o"), acc,
                            _head_columns(heads, lay.head_dim), m, ridge, report, i, "o")
-                if dense_states is None and m.active and plan.select_neurons is not None:
+                if own and m.active and plan.select_neurons is not None:
                     # criterion obs: the layer's MLP is still dense here; its own Gram chooses the kept neurons
                     acc = GramAccumulator(adapter.mlp_width(layer), f"layer {i} down_proj", device)
                     _accumulate(acc, adapter.module(layer, "down"), lambda b: _out(layer(states[b], **kwargs[b][i])),
@@ -757,7 +769,7 @@ def repair_width(
                         layer = adapter.layers(model)[i]
                         _apply(down, adapter.module(layer, "down"), acc, torch.as_tensor(neurons), m, ridge,
                                report, i, "down")
-                elif dense_states is None and m.active and plan.neurons is not None:
+                elif own and m.active and plan.neurons is not None:
                     acc = GramAccumulator(adapter.mlp_width(dense), f"layer {i} down_proj", device)
                     dense_mlp = dense.get_submodule(mlp_path)
                     # the dense MLP runs on the input the pruned (and attention-repaired) layer really gives its MLP;
@@ -782,6 +794,8 @@ def repair_width(
                 # the attention is unchanged by the MLP's fit: replay its recorded outputs instead of re-running it
                 with _swapped(layer, attn_path, _Replay(attention_out)) if attention_out else nullcontext():
                     states = [_out(layer(h, **kwargs[b][i])) for b, h in enumerate(states)]
+                if dense_next is not None:
+                    dense_states = dense_next
                 if not all(torch.isfinite(h).all() for h in states):
                     raise PrunelabError(f"hidden states after layer {i} are not finite (NaN/inf): cannot repair")
                 done = [p for p in report.projections if p.layer == i]
@@ -839,6 +853,65 @@ def _repair_to_model(adapter, dense: nn.Module, layer: nn.Module, states: list[t
         if bias is not None:
             lin.bias.copy_(bias.to(lin.bias.dtype))
     return dense_next
+
+
+def _refit_attention_to_model(adapter, dense: nn.Module, layer: nn.Module, states: list[torch.Tensor],
+                              dense_states: list[torch.Tensor], kwargs: list[list[dict]], i: int, plan: LayerPlan,
+                              m: RepairMethod, ridge: float | None, report: RepairReport,
+                              token_weights: str = DEFAULT_TOKEN_WEIGHTS) -> list[torch.Tensor]:
+    """``layer+attn`` (module docstring): re-fit layer ``i``'s ``o_proj`` (pruned or not) toward the dense model's
+    stream after the attention, in place; returns the dense stream after layer ``i``. Skipped while the repaired
+    stream still equals the dense one and no head is pruned (nothing to correct; the identity with nothing pruned)."""
+    o_dense: list[torch.Tensor] = []
+    with _recorded(adapter.module(dense, "o"), o_dense):
+        dense_next = [_out(dense(d, **kwargs[b][i])) for b, d in enumerate(dense_states)]
+    heads_pruned = plan.heads is not None
+    # an unpruned o_proj has no bias to fit unless the model already has one (the bias methods enable biases only
+    # where something is pruned): its re-fit is ``ls``, or nothing for ``bias`` alone
+    fit = m if heads_pruned else (REPAIRS.get("ls") if m.ls else None)
+    drifted = not all(torch.equal(h, d) for h, d in zip(states, dense_states))
+    if fit is None or not (heads_pruned or drifted):
+        return dense_next
+    lin = adapter.module(layer, "o")
+    hidden = states[0].shape[-1]
+    acc = TargetAccumulator(lin.weight.shape[1], hidden, f"layer {i} o_proj", states[0].device)
+    for b, h in enumerate(states):
+        stream = dense_states[b] + o_dense[b]  # the dense stream after the attention
+        acc.add(_input_of(layer, lin, h, kwargs[b][i]), (stream - h).reshape(-1, hidden),
+                stream_weights(stream, token_weights))
+    w_new, bias, rec = solve_to_target(lin.weight, lin.bias, acc, fit, ridge)
+    rec.layer, rec.projection = i, "o"
+    report.projections.append(rec)
+    lin.weight.copy_(w_new.to(lin.weight.dtype))
+    if bias is not None:
+        lin.bias.copy_(bias.to(lin.bias.dtype))
+    return dense_next
+
+
+class _Reached(Exception):
+    """Raised by :func:`_input_of`'s hook to stop a block's forward once the wanted input has been seen."""
+
+
+def _input_of(layer: nn.Module, module: nn.Module, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The first positional input of ``module`` (a submodule of ``layer``) when ``layer`` runs on ``h``; the forward
+    stops right there, so the rest of the block (for ``o_proj``: the projection itself and the MLP, ¾ of a Llama
+    block's matmul work) is not computed for nothing."""
+    seen: list[torch.Tensor] = []
+
+    def stop(mod, args):
+        seen.append(args[0])
+        raise _Reached
+
+    handle = module.register_forward_pre_hook(stop)
+    try:
+        layer(h, **kwargs)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"{type(module).__name__} was not called by the block's forward")
+    return seen[0]
 
 
 def _apply(dense_lin: nn.Linear, pruned_lin: nn.Linear, acc: GramAccumulator, keep: torch.Tensor,

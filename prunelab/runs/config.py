@@ -103,8 +103,9 @@ class WidthPruning(_Strict):
     #: repair without retraining (:mod:`prunelab.prune.repair`); ``ridge`` is its relative λ (None: the default)
     repair: Literal["none", "bias", "ls", "ls+bias"] = "none"
     ridge: float | None = Field(None, ge=0.0)
-    #: what a re-fitted projection reproduces: the dense ``layer`` on the repaired input, or the dense ``model``'s stream
-    repair_target: Literal["layer", "model"] = "layer"
+    #: what a re-fitted projection reproduces: the dense ``layer`` on the repaired input, or the dense ``model``'s
+    #: stream; ``layer+attn``: ``layer``, and every drifted layer's ``o_proj`` re-fitted toward the dense stream
+    repair_target: Literal["layer", "model", "layer+attn"] = "layer"
     #: token weighting of the repair's fits (:data:`prunelab.prune.repair.TOKEN_WEIGHTS`; default ``normalized``)
     token_weights: Literal["uniform", "normalized"] = "normalized"
 

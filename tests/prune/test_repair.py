@@ -59,7 +59,7 @@ def test_solve_is_identity_when_nothing_is_removed():
 
 
 @pytest.mark.parametrize("method, target", [("ls", "layer"), ("bias", "layer"), ("ls", "model"),
-                                            ("ls+bias", "model")])
+                                            ("ls+bias", "model"), ("ls", "layer+attn"), ("ls+bias", "layer+attn")])
 def test_repair_with_everything_kept_leaves_logits_unchanged(method, target):
     model = tiny_model("llama")
     ref = copy.deepcopy(model)
