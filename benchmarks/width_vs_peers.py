@@ -307,6 +307,16 @@ def repair_table(rows) -> list[dict]:
         rec["ppl_vs_reference"] = perplexity_ratio(windows(ref), windows(r)).as_dict()
         if r["arc_items"] and ref["arc_items"]:
             rec["arc_vs_reference"] = accuracy_difference(items(ref), items(r)).as_dict()
+    # a repair with a named target ("ls@layer+attn") against the same method with the layer target ("ls")
+    plain = {tuple(r["cell"]): r for r in rows if r.get("cell") is not None}
+    for rec, r in zip(out, [r for r in rows if r.get("cell") is not None]):
+        method, target = split_repair(rec["repair"])
+        ref = plain.get((rec["ratio"], rec["criterion"], method))
+        if target == "layer" or ref is None:
+            continue
+        rec["ppl_vs_layer_target"] = perplexity_ratio(windows(ref), windows(r)).as_dict()
+        if r["arc_items"] and ref["arc_items"]:
+            rec["arc_vs_layer_target"] = accuracy_difference(items(ref), items(r)).as_dict()
     return out
 
 
@@ -335,6 +345,13 @@ def print_repair_table(records, dense_row) -> None:
         for r in paired:
             arc = f"; ARC {ci(r['arc_vs_reference'], '+.1f')} pp" if "arc_vs_reference" in r else ""
             print(f"- {r['ratio']:.0%} {r['criterion']} + {r['repair']}: ppl ×{ci(r['ppl_vs_reference'], '.3f')}{arc}")
+    targeted = [r for r in records if "ppl_vs_layer_target" in r]
+    if targeted:
+        print("\nPaired against the same repair with the layer target (same criterion and sparsity):")
+        for r in targeted:
+            arc = f"; ARC {ci(r['arc_vs_layer_target'], '+.1f')} pp" if "arc_vs_layer_target" in r else ""
+            print(f"- {r['ratio']:.0%} {r['criterion']} + {r['repair']} vs {split_repair(r['repair'])[0]}: "
+                  f"ppl ×{ci(r['ppl_vs_layer_target'], '.3f')}{arc}")
 
 
 def main() -> None:
